@@ -1,0 +1,170 @@
+"""Every option of ``apiproxy serve`` in one typed table: flags, defaults and help come from here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from apiproxy.upstream import SERVICE_ACCOUNT_DIR, in_cluster_url
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``24h``, ``366d``, ``250ms`` or plain seconds → seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (examples: 30s, 15m, 24h, 366d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _mapping_arg(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Settings:
+    # Listener
+    listen: str = _opt("0.0.0.0:4443", "address the proxy listens on (HOST:PORT)")
+    tls_cert_file: Path | None = _opt(None, "serving certificate (PEM, chain allowed); required")
+    tls_private_key_file: Path | None = _opt(None, "serving private key (PEM); required")
+    # Upstream
+    upstream: str = _opt(
+        in_cluster_url() or "https://kubernetes.default.svc",
+        "apiserver URL (default: the in-cluster service from KUBERNETES_SERVICE_HOST/PORT)",
+    )
+    upstream_ca_file: Path | None = _opt(SERVICE_ACCOUNT_DIR / "ca.crt", "CA bundle for the apiserver")
+    upstream_token_file: Path = _opt(
+        SERVICE_ACCOUNT_DIR / "token", "the proxy's own bearer token; re-read when it changes"
+    )
+    upstream_timeout: float = _opt(
+        60.0, "longest upstream silence on a non-watch request before 504", type=_duration_arg
+    )
+    upstream_connect_timeout: float = _opt(5.0, "upstream connect timeout", type=_duration_arg)
+    # Authentication
+    cluster_uuid: str = _opt(
+        os.environ.get("CLUSTER_UUID", ""),
+        "this cluster's UUID: the audience tokens must name (env CLUSTER_UUID)",
+    )
+    trust_file: Path | None = _opt(None, "remote clusters' public metadata (remote-public-metadata.json)")
+    jwks_file: Path | None = _opt(None, "JWKS of non-Deckhouse issuers; a key's kid is the cluster UUID")
+    trust_secret: str | None = _opt(None, "watch NAMESPACE/NAME Secret for the trust store instead of a file")
+    cluster_name: list[tuple[str, str]] = _opt(
+        None, "friendly name of a remote cluster, UUID=NAME (repeatable)", type=_mapping_arg, action="append"
+    )
+    jwt_issuer: str = _opt("d8-istio", "required token issuer (iss)")
+    jwt_leeway: float = _opt(
+        60.0,
+        "clock skew tolerated on nbf/iat (exp is strict: the token cache honours it)",
+        type=_duration_arg,
+    )
+    jwt_max_lifetime: float = _opt(
+        0.0, "longest accepted token lifetime (exp - nbf/iat), e.g. 366d; 0 accepts any", type=_duration_arg
+    )
+    client_ca_file: Path | None = _opt(None, "verify client certificates against this CA")
+    require_client_cert: bool = _opt(False, "refuse TLS connections without a client certificate")
+    cert_identity: bool = _opt(
+        False,
+        "let a client certificate issued by a remote cluster's rootCA authenticate as that cluster",
+    )
+    cert_san_cluster: list[tuple[str, str]] = _opt(
+        None,
+        "client-certificate SAN that identifies a cluster, SAN=UUID (repeatable)",
+        type=_mapping_arg,
+        action="append",
+    )
+    insecure_no_auth: bool = _opt(False, "serve without authentication (development only; logs loudly)")
+    # Authorization
+    policy: Path = _opt(Path("/etc/apiproxy/policy.yaml"), "allowlist policy file; reloaded on change")
+    # Operations
+    reload_interval: float = _opt(1.0, "how often watched files are checked for changes", type=_duration_arg)
+    log_level: str = _opt(
+        "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")
+    )
+    log_format: str = _opt("text", "text or json", choices=("text", "json"))
+    uvloop: bool = _opt(True, "use uvloop when installed (falls back cleanly when it is not)")
+
+    def cluster_names(self) -> dict[str, str]:
+        return dict(self.cluster_name or ())
+
+    def san_clusters(self) -> dict[str, str]:
+        return dict(self.cert_san_cluster or ())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``Settings`` field, ``--like-this``, with its default shown in ``--help``."""
+    defaults = Settings()
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f.metadata["help"]
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        kwargs: dict[str, Any] = {"default": default, "help": help_text + " (default: %(default)s)"}
+        if "action" in f.metadata:
+            kwargs["action"] = f.metadata["action"]
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        kwargs["type"] = f.metadata.get("type", _type_of(default, f.type))
+        parser.add_argument(flag, **kwargs)
+
+
+def _type_of(default: Any, annotation: Any) -> Callable[[str], Any]:
+    text = str(annotation)
+    if "Path" in text:
+        return Path
+    if isinstance(default, float) or text == "float":
+        return float
+    if isinstance(default, int) or text == "int":
+        return int
+    return str
+
+
+def from_namespace(ns: argparse.Namespace) -> Settings:
+    return Settings(**{f.name: getattr(ns, f.name) for f in fields(Settings)})
+
+
+def settings_from_args(argv: Sequence[str]) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_namespace(parser.parse_args(list(argv)))
+
+
+def to_args(settings: Settings) -> list[str]:
+    """The ``apiproxy serve`` flags that reproduce ``settings`` (for running the proxy as a process)."""
+    defaults = Settings()
+    args: list[str] = []
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value == getattr(defaults, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, list):
+            for key, item in value:
+                args += [flag, f"{key}={item}"]
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
