@@ -1,0 +1,87 @@
+"""``apiproxy`` command line: ``serve``, ``demo``, and the operator tools of each module."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from apiproxy import __version__, logs
+from apiproxy.settings import add_arguments, from_namespace
+
+
+def run_async(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> None:
+    """Run a coroutine on uvloop when it is installed and wanted, else on asyncio's own loop."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from apiproxy.app import ConfigurationError, serve
+
+    settings = from_namespace(args)
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        run_async(serve(settings), use_uvloop=settings.uvloop)
+    except (ConfigurationError, ValueError, OSError) as exc:
+        print(f"apiproxy: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from apiproxy.demo import run_demo
+
+    return run_demo(once=args.once, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from apiproxy.auth.cli import add_commands as add_auth_commands
+    from apiproxy.policy_cli import add_commands as add_policy_commands
+
+    parser = argparse.ArgumentParser(
+        prog="apiproxy",
+        description="Authenticated, read-only, audited Kubernetes API access for federated clusters.",
+    )
+    parser.add_argument("--version", action="version", version=f"apiproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Terminate TLS, authenticate the remote cluster, authorize against the policy, "
+        "and stream the request to the apiserver with the proxy's own credentials.",
+    )
+    add_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser(
+        "demo", help="run a simulated apiserver and the proxy on loopback, and walk through it"
+    )
+    demo.add_argument(
+        "--once", action="store_true", help="run the walk-through, then exit (0 when every step passed)"
+    )
+    demo.add_argument("--workdir", default=".demo", help="where certificates, tokens and the kubeconfig go")
+    demo.set_defaults(func=_demo)
+
+    add_policy_commands(sub)
+    add_auth_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
