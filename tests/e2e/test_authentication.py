@@ -74,7 +74,9 @@ async def test_deckhouse_fixture_tokens(deckhouse_box: Sandbox, fixture: str, co
         ("Bearer a.b.c", "token"),
     ],
 )
-async def test_missing_or_malformed_credentials_get_401(sandbox: Sandbox, header: str | None, words: str) -> None:
+async def test_missing_or_malformed_credentials_get_401(
+    sandbox: Sandbox, header: str | None, words: str
+) -> None:
     headers = {"Authorization": header} if header else {}
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=sandbox.client_ssl())) as session,

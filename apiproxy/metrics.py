@@ -1,0 +1,141 @@
+"""Prometheus metrics of the proxy.
+
+Every label value comes from a bounded set: clusters from the trust store, verbs from the classifier,
+groups and resources from the policy (anything else is ``other``), codes from HTTP, reasons from closed
+enumerations. Nothing a caller can spell freely (names, namespaces, paths) ever becomes a label.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from apiproxy import __version__
+
+#: Latency buckets (seconds) for requests measured to their first byte.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Watch lifetimes: from seconds to the hour-long watches of an idle informer.
+WATCH_BUCKETS = (1, 5, 15, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+
+OTHER = "other"
+
+
+class Metrics:
+    """All collectors, on a registry of their own (so tests and several proxies in one process agree)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "apiproxy_requests_total",
+            "Requests answered, by remote cluster, verb, API group, resource and HTTP status code.",
+            ["cluster", "verb", "group", "resource", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "apiproxy_request_duration_seconds",
+            "Time to the first byte of the response (watches: until their headers are sent).",
+            ["verb"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.watches_active = Gauge(
+            "apiproxy_watches_active", "Watch streams open now.", ["cluster", "resource"], registry=r
+        )
+        self.watch_duration = Histogram(
+            "apiproxy_watch_duration_seconds",
+            "Lifetime of finished watch streams.",
+            ["resource"],
+            buckets=WATCH_BUCKETS,
+            registry=r,
+        )
+        self.response_bytes = Counter(
+            "apiproxy_response_bytes_total",
+            "Response body bytes relayed to clients.",
+            ["cluster", "resource"],
+            registry=r,
+        )
+        self.authentication_failures = Counter(
+            "apiproxy_authentication_failures_total",
+            "Requests refused with 401, by the check that failed.",
+            ["reason"],
+            registry=r,
+        )
+        self.authorization_denials = Counter(
+            "apiproxy_authorization_denials_total",
+            "Requests refused with 403 by the policy, or 400 as malformed.",
+            ["cluster", "reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "apiproxy_rate_limited_total",
+            "Requests refused with 429, by limit.",
+            ["cluster", "kind"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "apiproxy_upstream_errors_total",
+            "Failures talking to the apiserver (connect, tls, timeout, disconnect, protocol, stream).",
+            ["kind"],
+            registry=r,
+        )
+        self.upstream_token_age = Gauge(
+            "apiproxy_upstream_token_age_seconds",
+            "Seconds since the proxy's own service-account token was last read.",
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            "apiproxy_policy_reloads_total", "Policy loads, by result.", ["result"], registry=r
+        )
+        self.trust_reloads = Counter(
+            "apiproxy_trust_reloads_total", "Trust store loads, by result.", ["result"], registry=r
+        )
+        self.trusted_clusters = Gauge(
+            "apiproxy_trusted_clusters", "Remote clusters in the current trust store.", registry=r
+        )
+        self.config_info = Gauge(
+            "apiproxy_config_info",
+            "Always 1; labels identify the policy and trust store in force.",
+            ["policy_sha256", "trust_sha256"],
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "apiproxy_certificate_expiry_timestamp_seconds",
+            "Expiry (Unix time) of the certificates the proxy serves or trusts.",
+            ["cert"],
+            registry=r,
+        )
+        self.connections = Gauge("apiproxy_connections_active", "Client connections open now.", registry=r)
+        self.build_info = Gauge(
+            "apiproxy_build_info",
+            "Always 1; labels carry the version.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        for result in ("success", "failure"):
+            self.policy_reloads.labels(result)
+            self.trust_reloads.labels(result)
+        self._config_labels: tuple[str, str] | None = None
+
+    def set_config(self, policy_sha256: str, trust_sha256: str) -> None:
+        labels = (policy_sha256, trust_sha256)
+        if labels == self._config_labels:
+            return
+        if self._config_labels is not None:
+            self.config_info.remove(*self._config_labels)
+        self.config_info.labels(*labels).set(1)
+        self._config_labels = labels
+
+    def track_token_age(self, loaded_at: Callable[[], float | None]) -> None:
+        def age() -> float:
+            at = loaded_at()
+            return time.time() - at if at is not None else float("nan")
+
+        self.upstream_token_age.set_function(age)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
