@@ -96,7 +96,30 @@ class Settings:
     insecure_no_auth: bool = _opt(False, "serve without authentication (development only; logs loudly)")
     # Authorization
     policy: Path = _opt(Path("/etc/apiproxy/policy.yaml"), "allowlist policy file; reloaded on change")
+    # Limits
+    rate_limit_qps: float = _opt(
+        100.0, "per-cluster sustained rate of non-watch requests (token bucket; 0 disables)"
+    )
+    rate_limit_burst: int = _opt(300, "per-cluster burst of non-watch requests")
+    max_watches_per_cluster: int = _opt(100, "concurrent watch streams per remote cluster (0 disables)")
+    max_connections: int = _opt(2000, "client connections open at once, over all clusters")
+    max_watch_timeout: float = _opt(
+        1800.0,
+        "cap on a watch's timeoutSeconds; watches without one get 50-100%% of it (jitter)",
+        type=_duration_arg,
+    )
+    max_header_bytes: int = _opt(16384, "largest request line or header field accepted")
     # Operations
+    metrics_listen: str = _opt(
+        "0.0.0.0:9090", "address of the metrics and probe endpoint (plain HTTP; empty disables)"
+    )
+    shutdown_delay: float = _opt(
+        5.0, "on SIGTERM, seconds of not-ready before the listener closes", type=_duration_arg
+    )
+    shutdown_grace: float = _opt(
+        30.0, "on SIGTERM, longest wait for requests to finish before exiting", type=_duration_arg
+    )
+    workers: int = _opt(1, "worker processes sharing the port (SO_REUSEPORT); metrics aggregate")
     reload_interval: float = _opt(1.0, "how often watched files are checked for changes", type=_duration_arg)
     log_level: str = _opt(
         "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")
