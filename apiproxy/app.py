@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from cryptography import x509
 
+from apiproxy.audit import AuditLog
 from apiproxy.auth.errors import TrustStoreError
 from apiproxy.auth.mtls import build_client_ca_bundle
+from apiproxy.auth.principal import Principal
 from apiproxy.auth.secretsource import SecretTrustSource, kubernetes_stream
 from apiproxy.auth.truststore import TrustSnapshotSource, TrustSource, TrustStore
 from apiproxy.authn import Authenticator, insecure_authenticator
+from apiproxy.metrics import Metrics
 from apiproxy.policy import Policy, parse_policy
-from apiproxy.reload import Reloader, WatchedFile
-from apiproxy.server import Authenticate, ProxyHandler
+from apiproxy.reload import Reloader, WatchedFile, WatchedFiles
+from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer
 from apiproxy.settings import Settings
 from apiproxy.tlsconfig import LiveServerTLS, parse_listen
 from apiproxy.upstream import Upstream, UpstreamSettings
@@ -45,6 +50,7 @@ class TrustWatch:
     def __init__(self, source: TrustSnapshotSource) -> None:
         self.source = source
         self.last_error: str | None = None
+        self.on_result: Callable[[str, str | None], None] | None = None
 
     @property
     def current(self) -> TrustStore:
@@ -57,11 +63,15 @@ class TrustWatch:
             message = f"refused new trust store: {exc}; keeping the last good one"
             if message != self.last_error:
                 log.error("%s", message)
+                if self.on_result:
+                    self.on_result(self.name, message)
             self.last_error = message
             return False
         self.last_error = None
         if changed:
             log.info("trust store reloaded: %d remote cluster(s)", len(self.source.current))
+            if self.on_result:
+                self.on_result(self.name, None)
         return changed
 
 
@@ -75,10 +85,14 @@ class Proxy:
     reloader: Reloader
     policy: WatchedFile[Policy]
     tls: LiveServerTLS
+    metrics: Metrics
+    audit: AuditLog | None = None
     trust: TrustWatch | None = None
     authenticator: Authenticator | None = None
     runner: web.ServerRunner | None = None
+    metrics_runner: web.AppRunner | None = None
     sites: list[web.TCPSite] = field(default_factory=list)
+    metrics_sites: list[web.TCPSite] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -88,13 +102,33 @@ class Proxy:
             raise RuntimeError("not listening")
         return int(sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
+    @property
+    def metrics_port(self) -> int:
+        server = self.metrics_sites[0]._server if self.metrics_sites else None
+        sockets = getattr(server, "sockets", None)
+        if not sockets:
+            raise RuntimeError("metrics endpoint not listening")
+        return int(sockets[0].getsockname()[1])
+
+    async def stop(self, *, delay: float = 0.0) -> None:
+        """Graceful stop: not ready at once, keep serving for ``delay``, stop accepting, end watches
+        cleanly, let short requests finish within the grace period, then close everything."""
         self.handler.shutting_down = True
-        await self.reloader.stop()
+        if delay > 0:
+            log.info("not ready; still serving for %gs so load balancers stop sending traffic", delay)
+            await asyncio.sleep(delay)
+        for site in self.sites:
+            await site.stop()
+        self.handler.draining = True
         self.handler.close_all_watches("the proxy is shutting down")
         if self.runner is not None:
             await self.runner.cleanup()
+        await self.reloader.stop()
         await self.upstream.close()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
+        if self.audit is not None:
+            self.audit.flush()
         if self.trust is not None and isinstance(self.trust.source, SecretTrustSource):
             self.trust.source.stop()
 
@@ -140,7 +174,19 @@ async def start(settings: Settings) -> Proxy:
     """Load everything, fail fast on bad input, then listen."""
     check_settings(settings)
     assert settings.tls_cert_file is not None and settings.tls_private_key_file is not None
+    metrics = Metrics()
+
+    def reloaded(kind: str) -> Callable[[str, str | None], None]:
+        counter = {"policy": metrics.policy_reloads, "trust": metrics.trust_reloads}.get(kind)
+
+        def record(name: str, error: str | None) -> None:
+            if counter is not None:
+                counter.labels("failure" if error else "success").inc()
+
+        return record
+
     policy: WatchedFile[Policy] = WatchedFile("policy", settings.policy, _parse_policy)
+    policy.on_result = reloaded("policy")
     policy.load()
 
     trust: TrustWatch | None = None
@@ -155,6 +201,8 @@ async def start(settings: Settings) -> Proxy:
         authenticate = insecure_authenticator
     else:
         trust = TrustWatch(await trust_source(settings))
+        trust.on_result = reloaded("trust")
+        metrics.trust_reloads.labels("success").inc()
         authenticator = Authenticator(
             trust.current,
             audience=settings.cluster_uuid,
@@ -190,11 +238,41 @@ async def start(settings: Settings) -> Proxy:
         )
     )
     await upstream.start()
-    handler = ProxyHandler(upstream, authenticate, lambda: policy.current)
+    metrics.track_token_age(lambda: upstream.token.loaded_at)
+    audit = AuditLog.open(settings.audit_log)
+    handler = ProxyHandler(
+        upstream,
+        authenticate,
+        lambda: policy.current,
+        metrics=metrics,
+        audit=audit,
+        limits=Limits(
+            rate_qps=settings.rate_limit_qps,
+            rate_burst=settings.rate_limit_burst,
+            watches_per_cluster=settings.max_watches_per_cluster,
+            max_watch_timeout=settings.max_watch_timeout,
+        ),
+    )
     handler.readiness_checks.append(lambda: None if policy.loaded else "policy not loaded")
 
+    def config_changed() -> None:
+        metrics.set_config(policy.sha256, trust.current.sha256 if trust is not None else "")
+        if trust is not None:
+            metrics.trusted_clusters.set(len(trust.current))
+            handler.rate.forget({c.display for c in trust.current.clusters.values()})
+
+    config_changed()
+    _certificate_expiry(metrics, "serving", settings.tls_cert_file)
+    _certificate_expiry(metrics, "client_ca", settings.client_ca_file)
+    _certificate_expiry(metrics, "upstream_ca", settings.upstream_ca_file)
+
     reloader = Reloader(settings.reload_interval)
-    reloader.add(policy, lambda: _revoke(handler, "policy changed"))
+
+    def policy_changed() -> None:
+        config_changed()
+        _revoke(handler, "policy changed")
+
+    reloader.add(policy, policy_changed)
     if trust is not None and authenticator is not None:
         watched = trust
 
@@ -203,26 +281,123 @@ async def start(settings: Settings) -> Proxy:
             authenticator.trust_changed(watched.current)
             if settings.cert_identity:
                 tls.reload(client_ca=client_ca_bundle())
-            _revoke(handler, "trust store changed")
+            config_changed()
+            known = set(watched.current.clusters)
+            _revoke(handler, "trust store changed", lambda p: p.cluster_uuid in known)
 
         reloader.add(trust, trust_changed)
         handler.readiness_checks.append(lambda: None if len(watched.current) else "trust store is empty")
+
+    def serving_changed() -> None:
+        tls.reload()
+        _certificate_expiry(metrics, "serving", settings.tls_cert_file)
+
+    reloader.add(
+        WatchedFiles(
+            "serving certificate", [settings.tls_cert_file, settings.tls_private_key_file], serving_changed
+        )
+    )
+    if settings.client_ca_file is not None:
+        client_ca_file = settings.client_ca_file
+
+        def client_ca_changed() -> None:
+            nonlocal channel_ca
+            channel_ca = client_ca_file.read_bytes()
+            tls.reload(client_ca=client_ca_bundle())
+            if authenticator is not None:
+                authenticator.channel_ca_changed(channel_ca)
+            _certificate_expiry(metrics, "client_ca", client_ca_file)
+
+        reloader.add(WatchedFiles("client CA", [client_ca_file], client_ca_changed))
+    if settings.upstream_ca_file is not None and settings.upstream_ca_file.exists():
+        upstream_ca_file = settings.upstream_ca_file
+
+        def upstream_ca_changed() -> None:
+            upstream.reload_ca()
+            _certificate_expiry(metrics, "upstream_ca", upstream_ca_file)
+
+        reloader.add(WatchedFiles("upstream CA", [upstream_ca_file], upstream_ca_changed))
+    if audit is not None:
+        reloader.add(_Flush(audit))
     reloader.start()
 
-    proxy = Proxy(settings, handler, upstream, reloader, policy, tls, trust, authenticator)
-    server = web.Server(handler, handler_cancellation=True, access_log=None, auto_decompress=False)
-    proxy.runner = web.ServerRunner(server, shutdown_timeout=5.0)
+    proxy = Proxy(settings, handler, upstream, reloader, policy, tls, metrics, audit, trust, authenticator)
+    server = ProxyServer(
+        handler,
+        max_connections=settings.max_connections,
+        handler_cancellation=True,
+        access_log=None,
+        auto_decompress=False,
+        max_line_size=settings.max_header_bytes,
+        max_field_size=settings.max_header_bytes,
+    )
+    proxy.runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_grace)
     await proxy.runner.setup()
     host, port = parse_listen(settings.listen)
     site = web.TCPSite(proxy.runner, host, port, ssl_context=tls.context, backlog=1024)
     await site.start()
     proxy.sites.append(site)
+    if settings.metrics_listen:
+        await _start_metrics(proxy, settings.metrics_listen)
     log.info("apiproxy listening on https://%s:%d, forwarding to %s", host, proxy.port, settings.upstream)
     return proxy
 
 
-def _revoke(handler: ProxyHandler, why: str) -> None:
-    closed = handler.revoke_watches(why)
+class _Flush:
+    """Audit records are written in batches; push them out on every reload tick."""
+
+    name = "audit log"
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    def refresh(self) -> bool:
+        self.audit.flush()
+        return False
+
+
+def _certificate_expiry(metrics: Metrics, name: str, path: Path | None) -> None:
+    """Export the earliest expiry among the certificates in ``path`` (a bundle may hold several)."""
+    if path is None:
+        return
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError):
+        return
+    if certs:
+        metrics.certificate_expiry.labels(name).set(min(c.not_valid_after_utc.timestamp() for c in certs))
+
+
+async def _start_metrics(proxy: Proxy, listen: str) -> None:
+    """Plain-HTTP endpoint for Prometheus and kubelet probes: /metrics, /healthz, /livez, /readyz."""
+    handler = proxy.handler
+
+    async def metrics(request: web.Request) -> web.Response:
+        body, content_type = proxy.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def live(request: web.Request) -> web.StreamResponse:
+        return await handler.live(request)
+
+    async def ready(request: web.Request) -> web.StreamResponse:
+        return await handler.ready(request)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    for path in ("/healthz", "/livez"):
+        app.router.add_get(path, live)
+    for path in ("/readyz", "/ready"):
+        app.router.add_get(path, ready)
+    proxy.metrics_runner = web.AppRunner(app, access_log=None)
+    await proxy.metrics_runner.setup()
+    host, port = parse_listen(listen)
+    site = web.TCPSite(proxy.metrics_runner, host, port)
+    await site.start()
+    proxy.metrics_sites.append(site)
+
+
+def _revoke(handler: ProxyHandler, why: str, allowed: Callable[[Principal], bool] | None = None) -> None:
+    closed = handler.revoke_watches(why, allowed)
     if closed:
         log.info("%s: closed %d watch stream(s) no longer allowed", why, closed)
 
@@ -237,4 +412,4 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         log.info("signal received: shutting down")
     finally:
-        await proxy.stop()
+        await proxy.stop(delay=settings.shutdown_delay)

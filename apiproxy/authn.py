@@ -102,6 +102,10 @@ class Authenticator:
         self.verifier = self.verifier.with_trust(store)
         self.peers = self.peers.with_trust(self._identity_store(store))
 
+    def channel_ca_changed(self, client_ca_pem: bytes | None) -> None:
+        """A new channel client CA: SANs of certificates it issues are believed from now on."""
+        self.peers = PeerIdentifier(self.peers.trust, self.peers.san_map, client_ca_pem=client_ca_pem)
+
     def __call__(self, request: web.BaseRequest) -> Principal:
         try:
             return self._authenticate(request)

@@ -9,7 +9,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from apiproxy import __version__, logs
-from apiproxy.settings import add_arguments, from_namespace
+from apiproxy.settings import Settings, add_arguments, serve_settings
 
 
 def run_async(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> None:
@@ -25,10 +25,9 @@ def run_async(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> No
     asyncio.run(main)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(settings: Settings) -> int:
     from apiproxy.app import ConfigurationError, serve
 
-    settings = from_namespace(args)
     logs.configure(settings.log_level, settings.log_format)
     try:
         run_async(serve(settings), use_uvloop=settings.uvloop)
@@ -44,7 +43,8 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(once=args.once, workdir=args.workdir)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The ``apiproxy`` parser and its ``serve`` subparser (which ``--config`` re-parses)."""
     from apiproxy.auth.cli import add_commands as add_auth_commands
     from apiproxy.policy_cli import add_commands as add_policy_commands
 
@@ -62,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
         "and stream the request to the apiserver with the proxy's own credentials.",
     )
     add_arguments(serve)
-    serve.set_defaults(func=_serve)
 
     demo = sub.add_parser(
         "demo", help="run a simulated apiserver and the proxy on loopback, and walk through it"
@@ -75,11 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_policy_commands(sub)
     add_auth_commands(sub)
-    return parser
+    return parser, serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, serve = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(serve_settings(serve, argv[argv.index("serve") + 1 :]))
     return int(args.func(args))
 
 

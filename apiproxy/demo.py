@@ -137,6 +137,27 @@ async def _denied(tour: Tour) -> str:
     )
 
 
+async def _observe(tour: Tour) -> str:
+    box = tour.box
+    async with aiohttp.ClientSession() as s, s.get(box.metrics_url + "/metrics") as resp:
+        text = await resp.text()
+    wanted = (
+        "apiproxy_requests_total{",
+        "apiproxy_authentication_failures_total{",
+        "apiproxy_authorization_denials_total{",
+        "apiproxy_trusted_clusters ",
+    )
+    lines = [f"$ curl {box.metrics_url}/metrics   (a few of the series)"]
+    lines += [line for line in text.splitlines() if line.startswith(wanted) and not line.endswith(" 0.0")]
+    records = box.audit_records()
+    if not records:
+        raise RuntimeError("no audit records were written")
+    lines.append(f"audit log ({box.audit_file}), last {min(3, len(records))} of {len(records)} records:")
+    for record in records[-3:]:
+        lines.append(json.dumps(record, separators=(",", ":")))
+    return "\n".join(lines)
+
+
 async def tour(workdir: Path, once: bool) -> int:
     box = Sandbox(workdir, seed={"pods": 120, "services": 40, "namespaces": 6})
     await box.start()
@@ -152,6 +173,7 @@ async def tour(workdir: Path, once: bool) -> int:
         await t.step("2. A watch receives an event when an object changes", lambda: _watch(t))
         await t.step("3. A forged token is refused", lambda: _forged(t))
         await t.step("4. A request outside the policy is denied, with the reason", lambda: _denied(t))
+        await t.step("5. What operators see: live metrics and the audit log", lambda: _observe(t))
         kubeconfig = box.kubeconfig("alpha")
         t.say("\nTry it yourself:")
         t.say(f"   kubectl --kubeconfig {kubeconfig} get pods -A")

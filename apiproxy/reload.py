@@ -137,3 +137,50 @@ class Reloader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class WatchedFiles:
+    """Runs ``on_change`` when any of ``paths`` changes (certificates: a cert and its key change together).
+
+    ``on_change`` validates and swaps; if it raises, the error is logged once and the old state stays.
+    """
+
+    def __init__(self, name: str, paths: list[Path], on_change: Callable[[], None]) -> None:
+        self.name = name
+        self.paths = paths
+        self._on_change = on_change
+        self._seen = self._stat()
+        self.last_error: str | None = None
+        self.on_result: Callable[[str, str | None], None] | None = None
+
+    def _stat(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+        out: list[tuple[int, int, int, int] | None] = []
+        for path in self.paths:
+            try:
+                st = path.stat()
+            except OSError:
+                out.append(None)
+                continue
+            out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def refresh(self) -> bool:
+        seen = self._stat()
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        try:
+            self._on_change()
+        except (OSError, ValueError) as exc:
+            message = f"refused new {self.name}: {exc}"
+            if message != self.last_error:
+                log.error("%s; keeping the previous one", message)
+            self.last_error = message
+            if self.on_result:
+                self.on_result(self.name, message)
+            return False
+        self.last_error = None
+        log.info("reloaded %s", self.name)
+        if self.on_result:
+            self.on_result(self.name, None)
+        return True

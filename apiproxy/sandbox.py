@@ -99,6 +99,7 @@ class Sandbox:
         self.serving = write_serving_bundle(self.workdir, "apiproxy", ca=self.proxy_ca)
         self.upstream_tls = write_serving_bundle(self.workdir, "simulator")
         self.trust_file = self.workdir / "remote-public-metadata.json"
+        self.audit_file = self.workdir / "audit.log"
         for name in self.cluster_names:
             self.clusters[name] = new_cluster(name, self.local_uuid)
         write_trust_file(self.trust_file, list(self.clusters.values()))
@@ -107,6 +108,19 @@ class Sandbox:
     def proxy_url(self) -> str:
         assert self.proxy is not None
         return f"https://127.0.0.1:{self.proxy.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        assert self.proxy is not None
+        return f"http://127.0.0.1:{self.proxy.metrics_port}"
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """The audit records written so far (flushing the proxy's buffer first)."""
+        if self.proxy is not None and self.proxy.audit is not None:
+            self.proxy.audit.flush()
+        if not self.audit_file.exists():
+            return []
+        return [json.loads(line) for line in self.audit_file.read_text().splitlines() if line.strip()]
 
     def proxy_settings(self) -> Settings:
         upstream = self.upstream or (self.simulator.url if self.simulator else "")
@@ -122,6 +136,10 @@ class Sandbox:
             cluster_name=[(c.uuid, c.name) for c in self.clusters.values()],
             policy=self.policy,
             reload_interval=0.1,
+            metrics_listen="127.0.0.1:0",
+            audit_log=str(self.audit_file),
+            shutdown_delay=0.0,
+            shutdown_grace=5.0,
         )
         return dataclasses.replace(base, **self.settings)
 

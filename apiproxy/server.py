@@ -1,6 +1,7 @@
-"""The proxy's request pipeline: identify → classify → authorize → forward → stream.
+"""The proxy's request pipeline: identify → classify → authorize → limit → forward → stream.
 
-Each step is one call into its own module; this file only strings them together and owns the sockets.
+Each step is one call into its own module; this file only strings them together, owns the sockets, and
+accounts for every request once, when it ends (metrics and one audit record).
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from apiproxy.audit import AuditLog, Exchange, audit_id
 from apiproxy.auth.principal import Principal
+from apiproxy.authn import Unauthorized
 from apiproxy.headers import client_response_headers, upstream_request_headers
+from apiproxy.limits import RateLimiter, TooManyRequests, WatchCounter, cap_watch_timeout
+from apiproxy.metrics import OTHER, Metrics
 from apiproxy.policy import Policy, forbidden_message
 from apiproxy.requestinfo import MalformedRequest, RequestInfo, classify
 from apiproxy.reviews import check_review_body
 from apiproxy.status import StatusError
-from apiproxy.upstream import Upstream
+from apiproxy.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("apiproxy.server")
 
@@ -30,6 +36,14 @@ PolicyGetter = Callable[[], Policy]
 
 #: Largest request body accepted (only the review POSTs carry one).
 MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class Limits:
+    rate_qps: float = 0.0
+    rate_burst: int = 1
+    watches_per_cluster: int = 0
+    max_watch_timeout: float = 1800.0
 
 
 @dataclass(eq=False)
@@ -61,8 +75,7 @@ class ReadinessCache:
 
     async def get(self) -> str | None:
         async with self._lock:
-            now = time.monotonic()
-            if now >= self._expires:
+            if time.monotonic() >= self._expires:
                 self._result = await self._check()
                 self._expires = time.monotonic() + self._ttl
             return self._result
@@ -71,50 +84,87 @@ class ReadinessCache:
 class ProxyHandler:
     """The aiohttp handler for every request on the proxy port."""
 
-    def __init__(self, upstream: Upstream, authenticate: Authenticate, policy: PolicyGetter) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        authenticate: Authenticate,
+        policy: PolicyGetter,
+        *,
+        metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self.upstream = upstream
         self.authenticate = authenticate
         self.policy = policy
+        self.metrics = metrics or Metrics()
+        self.audit = audit
+        self.limits = limits or Limits()
+        self.rate = RateLimiter(self.limits.rate_qps, self.limits.rate_burst)
+        self.watch_slots = WatchCounter(self.limits.watches_per_cluster)
         self.watches: set[ActiveWatch] = set()
         self.shutting_down = False
+        #: Set once the listener is closed: new watches are refused so clients re-watch elsewhere.
+        self.draining = False
         #: Extra readiness conditions (policy loaded, trust store healthy...): each returns why not, or None.
         self.readiness_checks: list[Callable[[], str | None]] = []
         self._upstream_ready = ReadinessCache(upstream.check_ready)
-        self._endpoints: dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]] = {
-            "/healthz": self._live,
-            "/livez": self._live,
-            "/readyz": self._ready,
-            "/ready": self._ready,
+        self._named: tuple[Policy | None, frozenset[tuple[str, str]]] = (None, frozenset())
+        self.endpoints: dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]] = {
+            "/healthz": self.live,
+            "/livez": self.live,
+            "/readyz": self.ready,
+            "/ready": self.ready,
         }
+
+    # -- the pipeline ---------------------------------------------------------------------------------
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         target = request.raw_path
-        endpoint = self._endpoints.get(target.partition("?")[0])
+        endpoint = self.endpoints.get(target.partition("?")[0])
         if endpoint is not None and request.method == "GET":
             return await endpoint(request)
+        ex = Exchange(request.method, target, _peer(request), audit_id(request.headers.get("Audit-ID")))
         try:
-            return await self._proxy(request, target)
+            return await self._proxy(request, ex)
         except StatusError as exc:
-            log.info("%s %s -> %d %s", request.method, _printable(target), exc.code, exc.message)
-            return exc.response()
+            return self._refuse(ex, exc)
+        except asyncio.CancelledError:
+            ex.reason = ex.reason or "the client went away"
+            raise
+        finally:
+            self._account(ex)
 
-    async def _proxy(self, request: web.BaseRequest, target: str) -> web.StreamResponse:
-        principal = self.authenticate(request)
+    async def _proxy(self, request: web.BaseRequest, ex: Exchange) -> web.StreamResponse:
+        ex.decision = "unauthenticated"
+        ex.principal = principal = self.authenticate(request)
+        ex.decision = "invalid"
         try:
-            info = classify(request.method, target)
+            ex.info = info = classify(request.method, ex.target)
         except MalformedRequest as exc:
             raise StatusError(exc.code, exc.message) from exc
-        self.authorize(principal, info)
+        self._authorize(ex, principal, info)
+        ex.decision = "limited"
+        self._limit(principal, info)
+        ex.decision = "allow"
         headers = upstream_request_headers(request.headers)
+        headers["Audit-ID"] = ex.audit_id
         body = await self._read_body(request, info)
         headers["Authorization"] = self.upstream.token.authorization()
-        return await self._forward(request, principal, info, headers, body)
+        return await self._forward(request, ex, principal, info, headers, body)
 
-    def authorize(self, principal: Principal, info: RequestInfo) -> None:
+    def _authorize(self, ex: Exchange, principal: Principal, info: RequestInfo) -> None:
         decision = self.policy().decide(principal.cluster_uuid, principal.cluster_name, info)
+        ex.rule = decision.rule
         if not decision.allowed:
+            ex.decision = "deny"
+            ex.reason = decision.reason
             message, details = forbidden_message(info, principal.display, decision.reason)
             raise StatusError(403, message, details=details)
+
+    def _limit(self, principal: Principal, info: RequestInfo) -> None:
+        if info.verb != "watch":
+            self.rate.take(principal.display)
 
     async def _read_body(self, request: web.BaseRequest, info: RequestInfo) -> bytes | None:
         has_body = request.body_exists or "Transfer-Encoding" in request.headers
@@ -140,39 +190,54 @@ class ProxyHandler:
     async def _forward(
         self,
         request: web.BaseRequest,
+        ex: Exchange,
         principal: Principal,
         info: RequestInfo,
         headers: CIMultiDict[str],
         body: bytes | None,
     ) -> web.StreamResponse:
-        watch = info.verb == "watch"
-        upstream = await self.upstream.open(
-            request.method,
-            info.forward_target,
-            headers,
-            body=body,
-            watch=watch,
-            watch_timeout=_watch_timeout(info) if watch else None,
-        )
-        active = ActiveWatch(principal, info, upstream) if watch else None
-        if active is not None:
-            self.watches.add(active)
+        if info.verb != "watch":
+            upstream = await self.upstream.open(request.method, info.forward_target, headers, body=body)
+            try:
+                return await self._relay(request, ex, upstream, None)
+            finally:
+                _finish_upstream(upstream)
+
+        if self.draining:
+            raise StatusError(503, "the proxy is shutting down; watch again", headers={"Retry-After": "1"})
+        cluster = principal.display
+        self.watch_slots.acquire(cluster)
         try:
-            return await self._relay(request, upstream, active)
-        finally:
-            if active is not None:
+            target, timeout = cap_watch_timeout(info.forward_target, self.limits.max_watch_timeout)
+            ex.forwarded = target
+            upstream = await self.upstream.open(
+                request.method, target, headers, watch=True, watch_timeout=timeout
+            )
+            active = ActiveWatch(principal, info, upstream)
+            self.watches.add(active)
+            gauge = self.metrics.watches_active.labels(cluster, self._resource_label(info))
+            gauge.inc()
+            try:
+                return await self._relay(request, ex, upstream, active)
+            finally:
+                gauge.dec()
                 self.watches.discard(active)
-            # Closing (not releasing) drops the upstream connection unless the body was read to the end,
-            # so a client that went away never leaves a half-read stream in the pool.
-            if upstream.content.is_eof():
-                upstream.release()
-            else:
-                upstream.close()
+                self.metrics.watch_duration.labels(self._resource_label(info)).observe(
+                    time.monotonic() - active.started
+                )
+                _finish_upstream(upstream)
+        finally:
+            self.watch_slots.release(cluster)
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, active: ActiveWatch | None
+        self,
+        request: web.BaseRequest,
+        ex: Exchange,
+        upstream: aiohttp.ClientResponse,
+        active: ActiveWatch | None,
     ) -> web.StreamResponse:
         """Stream status, headers and body chunks back as they arrive; memory stays one chunk deep."""
+        ex.status = upstream.status
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
@@ -182,26 +247,94 @@ class ProxyHandler:
             response.content_length = upstream.content_length
         else:
             response.enable_chunked_encoding()
+        if self.shutting_down:
+            response.force_close()
         await response.prepare(request)  # headers go out now, before the first event of a watch
+        ex.first_byte = time.perf_counter() - ex.started
         try:
             async for chunk in upstream.content.iter_any():
+                ex.bytes += len(chunk)
                 await response.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             if active is not None and active.revoked is not None:
-                log.info("watch %s ended by the proxy: %s", active.info.path, active.revoked)
+                ex.reason = f"ended by the proxy: {active.revoked}"
             else:
                 # The upstream broke off mid-body. Do not pretend the body is complete: drop the client's
                 # connection without a terminating chunk, exactly as a dying apiserver would.
-                log.warning("upstream stream broke off for %s: %r", _printable(request.raw_path), exc)
+                ex.reason = "the upstream broke off the response"
+                self.metrics.upstream_errors.labels("stream").inc()
+                log.warning("upstream stream broke off for %s: %r", ex.audit_id, exc)
                 _abort(request)
                 return response
         await response.write_eof()
         return response
 
-    async def _live(self, request: web.BaseRequest) -> web.StreamResponse:
+    # -- refusals and accounting ----------------------------------------------------------------------
+
+    def _refuse(self, ex: Exchange, exc: StatusError) -> web.StreamResponse:
+        ex.status = exc.code
+        ex.reason = ex.reason or exc.message
+        cluster = ex.principal.display if ex.principal else ""
+        if isinstance(exc, Unauthorized):
+            self.metrics.authentication_failures.labels(exc.reason_label).inc()
+        elif isinstance(exc, TooManyRequests):
+            self.metrics.rate_limited.labels(cluster, exc.kind).inc()
+        elif isinstance(exc, UpstreamError):
+            self.metrics.upstream_errors.labels(exc.kind).inc()
+        elif ex.decision in ("deny", "invalid"):
+            label = "policy" if ex.decision == "deny" else "malformed"
+            self.metrics.authorization_denials.labels(cluster, label).inc()
+        log.info("%s %s -> %d %s", ex.method, _printable(ex.target), exc.code, exc.message)
+        response = exc.response()
+        response.headers["Audit-ID"] = ex.audit_id
+        if self.shutting_down:
+            response.force_close()
+        ex.bytes = len(response.body) if isinstance(response.body, bytes) else 0
+        ex.first_byte = time.perf_counter() - ex.started
+        return response
+
+    def _account(self, ex: Exchange) -> None:
+        info = ex.info
+        cluster = ex.principal.display if ex.principal else ""
+        verb = info.verb if info is not None else ""
+        group, resource = self._labels(ex)
+        code = str(ex.status or 499)
+        m = self.metrics
+        m.requests.labels(cluster, verb, group, resource, code).inc()
+        elapsed = ex.first_byte if ex.first_byte is not None else time.perf_counter() - ex.started
+        m.request_duration.labels(verb).observe(elapsed)
+        if ex.bytes and ex.decision == "allow":
+            m.response_bytes.labels(cluster, resource).inc(ex.bytes)
+        if self.audit is not None:
+            self.audit.write(ex)
+
+    def _labels(self, ex: Exchange) -> tuple[str, str]:
+        """Bounded (group, resource) labels: what the apiserver served, or what the policy names."""
+        info = ex.info
+        if info is None:
+            return "", ""
+        if not info.is_resource_request:
+            return "", "nonresource"
+        if ex.decision == "allow" and 200 <= ex.status < 300:
+            return info.api_group, info.resource  # the apiserver served it: a real, finite API surface
+        return (info.api_group, info.resource) if self._named_by_policy(info) else (OTHER, OTHER)
+
+    def _named_by_policy(self, info: RequestInfo) -> bool:
+        policy = self.policy()
+        if self._named[0] is not policy:
+            named = {(g, r) for rule in policy.rules for g in rule.api_groups for r in rule.resources}
+            self._named = (policy, frozenset(named))
+        return (info.api_group, info.resource_path) in self._named[1]
+
+    def _resource_label(self, info: RequestInfo) -> str:
+        return info.resource if self._named_by_policy(info) else OTHER
+
+    # -- health ---------------------------------------------------------------------------------------
+
+    async def live(self, request: web.BaseRequest) -> web.StreamResponse:
         return web.Response(text="ok")
 
-    async def _ready(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def readiness_problems(self) -> list[str]:
         problems = [p for check in self.readiness_checks if (p := check()) is not None]
         if self.shutting_down:
             problems.insert(0, "shutting down")
@@ -209,17 +342,27 @@ class ProxyHandler:
             upstream_problem = await self._upstream_ready.get()
             if upstream_problem is not None:
                 problems.append(upstream_problem)
+        return problems
+
+    async def ready(self, request: web.BaseRequest) -> web.StreamResponse:
+        problems = await self.readiness_problems()
         if problems:
             return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
         return web.Response(text="ok")
 
-    def revoke_watches(self, why: str) -> int:
-        """Re-authorize every open watch against the current policy; close those no longer allowed."""
+    # -- revocation -----------------------------------------------------------------------------------
+
+    def revoke_watches(self, why: str, allowed: Callable[[Principal], bool] | None = None) -> int:
+        """Re-authorize every open watch; close those the policy (or ``allowed``) no longer permits."""
         policy = self.policy()
         closed = 0
         for watch in list(self.watches):
-            decision = policy.decide(watch.principal.cluster_uuid, watch.principal.cluster_name, watch.info)
-            if not decision.allowed:
+            still = policy.decide(
+                watch.principal.cluster_uuid, watch.principal.cluster_name, watch.info
+            ).allowed
+            if still and allowed is not None:
+                still = allowed(watch.principal)
+            if not still:
                 watch.revoke(why)
                 closed += 1
         return closed
@@ -229,12 +372,21 @@ class ProxyHandler:
             watch.revoke(why)
 
 
-def _watch_timeout(info: RequestInfo) -> float | None:
-    for pair in info.forward_target.partition("?")[2].split("&"):
-        key, _, value = pair.partition("=")
-        if key == "timeoutSeconds" and value.isdigit():
-            return float(value)
-    return None
+def _finish_upstream(upstream: aiohttp.ClientResponse) -> None:
+    # Closing (not releasing) drops the upstream connection unless the body was read to the end, so a
+    # client that went away never leaves a half-read stream in the pool.
+    if upstream.content.is_eof():
+        upstream.release()
+    else:
+        upstream.close()
+
+
+def _peer(request: web.BaseRequest) -> str:
+    transport = request.transport
+    peer: Any = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return ""
 
 
 def _abort(request: web.BaseRequest) -> None:
@@ -247,3 +399,26 @@ def _printable(target: str, limit: int = 200) -> str:
     """A request target safe for a log line: bounded and with control characters escaped."""
     text = target if len(target) <= limit else target[:limit] + "..."
     return text.encode("unicode_escape").decode("ascii")
+
+
+class ProxyServer(web.Server):
+    """aiohttp's low-level server, counting connections and refusing those over the cap."""
+
+    def __init__(self, handler: ProxyHandler, *, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._proxy = handler
+        self._max = max_connections
+        self._open = 0
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self._open += 1
+        self._proxy.metrics.connections.set(self._open)
+        if 0 < self._max < self._open:
+            self._proxy.metrics.rate_limited.labels("", "connections").inc()
+            transport.close()
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self._open -= 1
+        self._proxy.metrics.connections.set(self._open)

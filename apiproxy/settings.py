@@ -121,6 +121,7 @@ class Settings:
     )
     workers: int = _opt(1, "worker processes sharing the port (SO_REUSEPORT); metrics aggregate")
     reload_interval: float = _opt(1.0, "how often watched files are checked for changes", type=_duration_arg)
+    audit_log: str = _opt("-", "where audit records go: - for stdout, a file path, or empty to disable")
     log_level: str = _opt(
         "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")
     )
@@ -136,6 +137,11 @@ class Settings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per ``Settings`` field, ``--like-this``, with its default shown in ``--help``."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file of options (keys are these flag names without '--'); flags given here override it",
+    )
     defaults = Settings()
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
@@ -191,3 +197,82 @@ def to_args(settings: Settings) -> list[str]:
         elif value is not None:
             args += [flag, str(value)]
     return args
+
+
+class ConfigFileError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+def _flag_fields() -> dict[str, Any]:
+    return {f.name.replace("_", "-"): f for f in fields(Settings)}
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping whose keys are ``serve`` flag names (``tls-cert-file: /path``).
+
+    Values are converted by the same functions as the flags, so ``30s`` works for a duration, and every
+    unknown key or bad value is an error naming the key.
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigFileError(f"{path}: {exc}") from exc
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigFileError(f"{path}: must be a mapping of option names to values")
+    known = _flag_fields()
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for key, raw in document.items():
+        f = known.get(str(key))
+        if f is None:
+            hint = (
+                f" (did you mean {str(key).replace('_', '-')!r}?)"
+                if str(key).replace("_", "-") in known
+                else ""
+            )
+            raise ConfigFileError(f"{path}: unknown option {key!r}{hint}")
+        try:
+            values[f.name] = _convert(f, raw, getattr(defaults, f.name))
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            raise ConfigFileError(f"{path}: option {key!r}: {exc}") from exc
+    return values
+
+
+def _convert(f: Any, raw: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(raw, bool):
+            raise ValueError(f"expected true or false, got {raw!r}")
+        return raw
+    if f.metadata.get("action") == "append":
+        if isinstance(raw, dict):
+            return [(str(k), str(v)) for k, v in raw.items()]
+        if not isinstance(raw, list):
+            raise ValueError("expected a mapping or a list of KEY=VALUE")
+        return [_mapping_arg(str(item)) for item in raw]
+    if raw is None:
+        return None
+    if isinstance(raw, dict | list):
+        raise ValueError(f"expected a single value, got {type(raw).__name__}")
+    convert = f.metadata.get("type", _type_of(default, f.type))
+    value = convert(str(raw))
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}")
+    return value
+
+
+def serve_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Settings:
+    """Parse ``serve`` flags; with ``--config FILE`` its values become the defaults that flags override."""
+    args = parser.parse_args(list(argv))
+    config = getattr(args, "config", None)
+    if config:
+        try:
+            parser.set_defaults(**load_config(Path(config)))
+        except ConfigFileError as exc:
+            parser.error(str(exc))
+        args = parser.parse_args(list(argv))
+    return from_namespace(args)

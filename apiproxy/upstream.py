@@ -167,6 +167,11 @@ class Upstream:
             await self._session.close()
             self._session = None
 
+    def reload_ca(self) -> None:
+        """Trust the CA file as it is now; new connections use it (pooled ones finish as they are)."""
+        if self.ssl_context is not None:
+            self.ssl_context = client_ssl_context(self.settings.ca_file)
+
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -208,6 +213,7 @@ class Upstream:
                 headers=headers,
                 data=body,
                 allow_redirects=False,
+                ssl=self.ssl_context if self.ssl_context is not None else False,
                 timeout=self.timeout_for(watch=watch, watch_timeout=watch_timeout),
             )
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -241,7 +247,10 @@ class Upstream:
             headers = {"Authorization": self.token.authorization(), "Accept": "application/json"}
             async with asyncio.timeout(timeout):
                 resp = await self.session.get(
-                    self.url_for("/version"), headers=headers, allow_redirects=False
+                    self.url_for("/version"),
+                    headers=headers,
+                    allow_redirects=False,
+                    ssl=self.ssl_context if self.ssl_context is not None else False,
                 )
                 async with resp:
                     await resp.read()

@@ -228,7 +228,8 @@ class Simulator:
         if self.record_requests:
             self.requests.append(RecordedRequest(request.method, raw_target, request.headers.copy(), token))
         headers = {
-            "Audit-Id": str(uuid.uuid4()),
+            # kube-apiserver keeps the caller's Audit-ID, so one ID follows a request across proxies.
+            "Audit-Id": request.headers.get("Audit-ID") or str(uuid.uuid4()),
             "Cache-Control": "no-cache, private",
             "X-Kubernetes-Pf-Flowschema-Uid": _PF_FLOWSCHEMA,
             "X-Kubernetes-Pf-Prioritylevel-Uid": _PF_PRIORITY,

@@ -1,4 +1,5 @@
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,44 @@ def test_settings_round_trip_through_flags() -> None:
         listen="127.0.0.1:0",
     )
     assert settings_from_args(to_args(original)) == original
+
+
+def test_config_file_values_become_defaults_that_flags_override(tmp_path: Path) -> None:
+    import argparse
+
+    from apiproxy.settings import add_arguments, serve_settings
+
+    config = tmp_path / "apiproxy.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:8443\njwt-leeway: 2m\ncluster-name: {u1: alpha}\nrequire-client-cert: true\n"
+        "rate-limit-qps: 5\n"
+    )
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    s = serve_settings(parser, ["--config", str(config), "--rate-limit-qps", "7"])
+    assert s.listen == "127.0.0.1:8443"
+    assert s.jwt_leeway == 120
+    assert s.cluster_names() == {"u1": "alpha"}
+    assert s.require_client_cert is True
+    assert s.rate_limit_qps == 7  # the flag wins
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("lisen: 1.2.3.4:1\n", "unknown option 'lisen'"),
+        ("tls_cert_file: /x\n", "did you mean 'tls-cert-file'"),
+        ("jwt-leeway: soon\n", "option 'jwt-leeway'"),
+        ("insecure-no-auth: 'yes'\n", "expected true or false"),
+        ("log-level: loud\n", "must be one of"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("listen: [a, b]\n", "expected a single value"),
+    ],
+)
+def test_bad_config_files_name_the_key(tmp_path: Path, text: str, words: str) -> None:
+    from apiproxy.settings import ConfigFileError, load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigFileError, match=words):
+        load_config(config)
