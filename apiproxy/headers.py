@@ -73,11 +73,18 @@ def upstream_request_headers(incoming: CIMultiDictProxy[str] | CIMultiDict[str])
         if key in FORWARDED_REQUEST_HEADERS:
             if name in out:
                 raise StatusError(400, f"the {name} header must not be given more than once")
+            if not _printable_ascii(value):
+                # Non-ASCII bytes would be re-encoded on the way out: refuse rather than alter them.
+                raise StatusError(400, f"the {name} header value must be printable ASCII")
             out[name] = value
     connection = incoming.get("Connection", "")
     if "upgrade" in connection.lower():
         raise StatusError(400, "connection upgrades are not supported by this proxy")
     return out
+
+
+def _printable_ascii(value: str) -> bool:
+    return value.isascii() and all(" " <= c <= "~" or c == "\t" for c in value)
 
 
 def client_response_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:

@@ -109,3 +109,10 @@ def test_response_headers_keep_content_type_and_repeated_warnings_drop_the_rest(
     assert out.getall("Warning") == ['299 - "a"', '299 - "b"']
     assert out["Content-Type"] == "application/vnd.kubernetes.protobuf;stream=watch"
     assert set(k.lower() for k in out) == {"content-type", "warning", "audit-id"}
+
+
+@pytest.mark.parametrize("value", ["ua-\xe9", "a\x00b", "line\x7f", "ü"])
+def test_forwarded_values_must_be_printable_ascii(value: str) -> None:
+    with pytest.raises(StatusError) as err:
+        upstream_request_headers(CIMultiDict([("User-Agent", value)]))
+    assert err.value.code == 400
