@@ -12,16 +12,25 @@ from typing import Any
 
 from apiproxy.upstream import SERVICE_ACCOUNT_DIR, in_cluster_url
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``24h``, ``366d``, ``250ms`` or plain seconds → seconds."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (examples: 30s, 15m, 24h, 366d)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """``90s``, ``15m``, ``24h``, ``366d``, ``1h30m``, ``250ms`` or plain seconds → seconds (≥ 0)."""
+    text = text.strip()
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    position, seconds = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        seconds += float(match.group(1)) * _UNITS[match.group(2)]
+        position = match.end()
+    if not text or position != len(text):
+        raise ValueError(f"{text!r} is not a duration (examples: 30s, 15m, 24h, 366d, 1h30m)")
+    return seconds
 
 
 def _duration_arg(text: str) -> float:

@@ -8,37 +8,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Final
 
+from apiproxy import settings
 from apiproxy.auth.errors import KeyFormatError
 from apiproxy.auth.keys import load_private_key
 from apiproxy.auth.mint import mint_token
 from apiproxy.kubeconfig import render_kubeconfig
 
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``24h``, ``366d``, ``1h30m`` or plain seconds → seconds (> 0)."""
-    text = text.strip()
+    """A positive duration for ``--ttl``: ``90s``, ``15m``, ``24h``, ``366d``, ``1h30m`` or seconds."""
     try:
-        seconds = float(text)
-    except ValueError:
-        pos, seconds = 0, 0.0
-        for match in _DURATION.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNITS[match.group(2)]
-            pos = match.end()
-        if pos != len(text) or not text:
-            raise argparse.ArgumentTypeError(
-                f"invalid duration {text!r} (examples: 90s, 15m, 24h, 366d)"
-            ) from None
-    if not seconds > 0 or seconds == float("inf"):
+        seconds = settings.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not seconds > 0:
         raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
     return seconds
 

@@ -23,7 +23,7 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "h", "-1s", "1w", "1 h", "abc"])
+@pytest.mark.parametrize("text", ["", "h", "-1s", "1y", "1 h", "abc", "m15"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
