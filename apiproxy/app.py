@@ -182,6 +182,7 @@ async def start(settings: Settings) -> Proxy:
         def record(name: str, error: str | None) -> None:
             if counter is not None:
                 counter.labels("failure" if error else "success").inc()
+            metrics.reload_successful.labels(kind).set(0 if error else 1)
 
         return record
 
@@ -202,7 +203,7 @@ async def start(settings: Settings) -> Proxy:
     else:
         trust = TrustWatch(await trust_source(settings))
         trust.on_result = reloaded("trust")
-        metrics.trust_reloads.labels("success").inc()
+        trust.on_result(trust.name, None)
         authenticator = Authenticator(
             trust.current,
             audience=settings.cluster_uuid,
@@ -308,7 +309,9 @@ async def start(settings: Settings) -> Proxy:
                 authenticator.channel_ca_changed(channel_ca)
             _certificate_expiry(metrics, "client_ca", client_ca_file)
 
-        reloader.add(WatchedFiles("client CA", [client_ca_file], client_ca_changed))
+        client_ca_watch = WatchedFiles("client CA", [client_ca_file], client_ca_changed)
+        client_ca_watch.on_result = reloaded("client_ca")
+        reloader.add(client_ca_watch)
     if settings.upstream_ca_file is not None and settings.upstream_ca_file.exists():
         upstream_ca_file = settings.upstream_ca_file
 
@@ -316,7 +319,9 @@ async def start(settings: Settings) -> Proxy:
             upstream.reload_ca()
             _certificate_expiry(metrics, "upstream_ca", upstream_ca_file)
 
-        reloader.add(WatchedFiles("upstream CA", [upstream_ca_file], upstream_ca_changed))
+        upstream_ca_watch = WatchedFiles("upstream CA", [upstream_ca_file], upstream_ca_changed)
+        upstream_ca_watch.on_result = reloaded("upstream_ca")
+        reloader.add(upstream_ca_watch)
     if audit is not None:
         reloader.add(_Flush(audit))
     reloader.start()

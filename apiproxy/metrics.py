@@ -11,7 +11,14 @@ import platform
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from apiproxy import __version__
@@ -93,6 +100,12 @@ class Metrics:
         self.trust_reloads = Counter(
             "apiproxy_trust_reloads_total", "Trust store loads, by result.", ["result"], registry=r
         )
+        self.reload_successful = Gauge(
+            "apiproxy_config_last_reload_successful",
+            "1 when the newest version of a watched file was loaded, 0 while it is refused.",
+            ["config"],
+            registry=r,
+        )
         self.trusted_clusters = Gauge(
             "apiproxy_trusted_clusters", "Remote clusters in the current trust store.", registry=r
         )
@@ -116,6 +129,8 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
             self.trust_reloads.labels(result)
