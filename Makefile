@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: demo test tools lint typecheck unit bench soak clean
+.PHONY: demo test tools lint typecheck unit bench bench-quick soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ tools:
 test: tools lint typecheck unit
 
 bench: $(STAMP) tools
+	$(BIN)/pip install --quiet -e '.[test,speedups,bench]'
 	$(BIN)/python -m benchmarks
+
+bench-quick: $(STAMP) tools
+	$(BIN)/python -m benchmarks --quick
 
 soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak

@@ -1,0 +1,87 @@
+"""A smoke run of every benchmark scenario at tiny size: each one must produce its figures.
+
+Benchmarks are not tests of speed: nothing here looks at a value, only that the harness, every target
+(direct, proxy, kubectl proxy) and every scenario work end to end. Needs Debian's nginx and wrk and a
+kubectl; without them the test is skipped, or fails when the environment variable CI is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.harness import SCENARIOS, missing_tools
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = ("direct", "proxy", "kubectl")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    missing = missing_tools()
+    if missing:
+        message = f"benchmark tools missing: {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {"doc": json.loads((out / "latest.json").read_text()), "out": out, "stdout": proc.stdout}
+
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_every_scenario_produced_figures(result: dict, name: str) -> None:
+    scenario = result["doc"]["scenarios"][name]
+    assert "error" not in scenario, scenario.get("error")
+    assert len(scenario) > 1
+
+
+@pytest.mark.parametrize(
+    ("name", "figure"),
+    [
+        ("small_get_throughput", "rps"),
+        ("small_get_latency", "p99_ms"),
+        ("large_list", "MBps"),
+        ("watches", "event_p99_ms"),
+        ("istiod_burst", "seconds"),
+    ],
+)
+def test_load_scenarios_measured_every_target(result: dict, name: str, figure: str) -> None:
+    scenario = result["doc"]["scenarios"][name]
+    for target in TARGETS:
+        assert isinstance(scenario[target][figure], int | float), (target, scenario[target])
+    assert set(scenario["ratios"]) == {"proxy/direct", "proxy/kubectl"}
+
+
+def test_proxy_memory_and_watch_figures(result: dict) -> None:
+    scenarios = result["doc"]["scenarios"]
+    assert "rss_growth_MiB" in scenarios["large_list"]["proxy"]
+    watches = scenarios["watches"]["proxy"]
+    assert watches["opened"] == watches["requested"]
+    for key in ("idle_rss_MiB", "idle_fds", "idle_cpu_percent", "event_count"):
+        assert key in watches
+
+
+def test_targets_table_json_and_plots(result: dict) -> None:
+    doc, out = result["doc"], result["out"]
+    assert {row["target"] for row in doc["targets"]}
+    assert "target (issue 7)" in result["stdout"]
+    assert list(out.glob("bench-*-samples.json"))
+    pytest.importorskip("matplotlib")
+    assert list(out.glob("*.png"))
