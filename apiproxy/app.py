@@ -252,6 +252,7 @@ async def start(settings: Settings) -> Proxy:
             rate_burst=settings.rate_limit_burst,
             watches_per_cluster=settings.max_watches_per_cluster,
             max_watch_timeout=settings.max_watch_timeout,
+            client_stall_timeout=settings.upstream_timeout,
         ),
     )
     handler.readiness_checks.append(lambda: None if policy.loaded else "policy not loaded")

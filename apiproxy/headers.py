@@ -66,8 +66,14 @@ def upstream_request_headers(incoming: CIMultiDictProxy[str] | CIMultiDict[str])
     the proxy and the apiserver).
     """
     out: CIMultiDict[str] = CIMultiDict()
+    # Headers that ``Connection:`` names are hop-by-hop for this one link (RFC 9110 §7.6.1): never copied.
+    hop_by_hop = {
+        token.strip().lower() for value in incoming.getall("Connection", ()) for token in value.split(",")
+    }
     for name, value in incoming.items():
         key = name.lower()
+        if key in hop_by_hop:
+            continue
         if key in REFUSED_REQUEST_HEADERS:
             raise StatusError(400, f"the {name} header is not supported by this proxy")
         if key in FORWARDED_REQUEST_HEADERS:
@@ -77,8 +83,7 @@ def upstream_request_headers(incoming: CIMultiDictProxy[str] | CIMultiDict[str])
                 # Non-ASCII bytes would be re-encoded on the way out: refuse rather than alter them.
                 raise StatusError(400, f"the {name} header value must be printable ASCII")
             out[name] = value
-    connection = incoming.get("Connection", "")
-    if "upgrade" in connection.lower():
+    if "upgrade" in hop_by_hop:
         raise StatusError(400, "connection upgrades are not supported by this proxy")
     return out
 

@@ -36,6 +36,13 @@ PolicyGetter = Callable[[], Policy]
 
 #: Largest request body accepted (only the review POSTs carry one).
 MAX_BODY_BYTES = 64 * 1024
+#: Responses up to this size (with a Content-Length) are read whole and sent in one write: headers and
+#: body leave in one TLS record instead of three, which is most of a small GET's cost.
+SMALL_BODY_BYTES = 64 * 1024
+
+
+#: A client's unsent backlog beyond which each write is timed: below it, writes cannot block.
+STALL_CHECK_BYTES = 64 * 1024
 
 
 @dataclass
@@ -44,6 +51,8 @@ class Limits:
     rate_burst: int = 1
     watches_per_cluster: int = 0
     max_watch_timeout: float = 1800.0
+    #: Longest a client may leave a response unread before the proxy hangs up on it (and upstream).
+    client_stall_timeout: float = 60.0
 
 
 @dataclass(eq=False)
@@ -110,6 +119,8 @@ class ProxyHandler:
         self.readiness_checks: list[Callable[[], str | None]] = []
         self._upstream_ready = ReadinessCache(upstream.check_ready)
         self._named: tuple[Policy | None, frozenset[tuple[str, str]]] = (None, frozenset())
+        #: Metric children by label values: ``labels()`` validates and locks on every call.
+        self._children: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
         self.endpoints: dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]] = {
             "/healthz": self.live,
             "/livez": self.live,
@@ -238,12 +249,12 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         """Stream status, headers and body chunks back as they arrive; memory stays one chunk deep."""
         ex.status = upstream.status
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=client_response_headers(upstream.headers.items()),
-        )
-        if upstream.content_length is not None:
+        headers = client_response_headers(upstream.headers.items())
+        length = upstream.content_length
+        if active is None and length is not None and length <= SMALL_BODY_BYTES:
+            return await self._relay_small(ex, upstream, headers)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None:
             response.content_length = upstream.content_length
         else:
             response.enable_chunked_encoding()
@@ -251,10 +262,23 @@ class ProxyHandler:
             response.force_close()
         await response.prepare(request)  # headers go out now, before the first event of a watch
         ex.first_byte = time.perf_counter() - ex.started
+        transport = request.transport
         try:
             async for chunk in upstream.content.iter_any():
                 ex.bytes += len(chunk)
-                await response.write(chunk)
+                if transport is not None and transport.get_write_buffer_size() > STALL_CHECK_BYTES:
+                    # The client is behind: a write may block. Bound how long it may stall, so a client
+                    # that stops reading cannot hold an upstream stream and a connection for ever.
+                    try:
+                        async with asyncio.timeout(self.limits.client_stall_timeout):
+                            await response.write(chunk)
+                    except TimeoutError:
+                        ex.reason = f"the client read nothing for {self.limits.client_stall_timeout:g}s"
+                        log.warning("%s: %s; closing", ex.audit_id, ex.reason)
+                        _abort(request)
+                        return response
+                else:
+                    await response.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             if active is not None and active.revoked is not None:
                 ex.reason = f"ended by the proxy: {active.revoked}"
@@ -267,6 +291,23 @@ class ProxyHandler:
                 _abort(request)
                 return response
         await response.write_eof()
+        return response
+
+    async def _relay_small(
+        self, ex: Exchange, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            # Nothing was sent yet, so the client can be told plainly.
+            raise UpstreamError(
+                503, "stream", f"the upstream apiserver broke off its response: {exc}"
+            ) from exc
+        ex.bytes = len(body)
+        ex.first_byte = time.perf_counter() - ex.started
+        response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        if self.shutting_down:
+            response.force_close()
         return response
 
     # -- refusals and accounting ----------------------------------------------------------------------
@@ -299,12 +340,20 @@ class ProxyHandler:
         verb = info.verb if info is not None else ""
         group, resource = self._labels(ex)
         code = str(ex.status or 499)
-        m = self.metrics
-        m.requests.labels(cluster, verb, group, resource, code).inc()
-        elapsed = ex.first_byte if ex.first_byte is not None else time.perf_counter() - ex.started
-        m.request_duration.labels(verb).observe(elapsed)
+        key = (cluster, verb, group, resource, code)
+        children = self._children.get(key)
+        if children is None:
+            m = self.metrics
+            children = self._children[key] = (
+                m.requests.labels(*key),
+                m.request_duration.labels(verb),
+                m.response_bytes.labels(cluster, resource),
+            )
+        requests, duration, response_bytes = children
+        requests.inc()
+        duration.observe(ex.first_byte if ex.first_byte is not None else time.perf_counter() - ex.started)
         if ex.bytes and ex.decision == "allow":
-            m.response_bytes.labels(cluster, resource).inc(ex.bytes)
+            response_bytes.inc(ex.bytes)
         if self.audit is not None:
             self.audit.write(ex)
 

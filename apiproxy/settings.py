@@ -67,7 +67,10 @@ class Settings:
         SERVICE_ACCOUNT_DIR / "token", "the proxy's own bearer token; re-read when it changes"
     )
     upstream_timeout: float = _opt(
-        60.0, "longest upstream silence on a non-watch request before 504", type=_duration_arg
+        60.0,
+        "longest upstream silence on a non-watch request before 504, and longest a client may leave a "
+        "response unread before the proxy hangs up",
+        type=_duration_arg,
     )
     upstream_connect_timeout: float = _opt(5.0, "upstream connect timeout", type=_duration_arg)
     # Authentication

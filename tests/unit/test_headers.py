@@ -116,3 +116,18 @@ def test_forwarded_values_must_be_printable_ascii(value: str) -> None:
     with pytest.raises(StatusError) as err:
         upstream_request_headers(CIMultiDict([("User-Agent", value)]))
     assert err.value.code == 400
+
+
+def test_headers_named_by_connection_are_hop_by_hop_and_dropped() -> None:
+    out = upstream_request_headers(
+        CIMultiDict(
+            [
+                ("Connection", "keep-alive, Accept-Language"),
+                ("connection", "user-agent"),
+                ("Accept-Language", "hop"),
+                ("User-Agent", "hop"),
+                ("Accept", "application/json"),
+            ]
+        )
+    )
+    assert dict(out) == {"Accept": "application/json"}
