@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
 import re
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -27,7 +27,10 @@ def audit_id(incoming: str | None) -> str:
     """The client's ``Audit-ID`` if well-formed (one ID follows the request end to end), else a new one."""
     if incoming and _AUDIT_ID.fullmatch(incoming):
         return incoming
-    return str(uuid.uuid4())
+    # A random (version 4) UUID, formatted directly: uuid.uuid4() costs several times more.
+    h = (int.from_bytes(os.urandom(16)) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    x = f"{h:032x}"
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @dataclass(slots=True)

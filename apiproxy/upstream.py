@@ -158,6 +158,7 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # bytes pass through unchanged, gzip included
+            read_bufsize=256 * 1024,  # large LISTs move in bigger pieces
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
