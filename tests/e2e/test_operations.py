@@ -246,8 +246,15 @@ async def test_sigterm_ends_open_watches_and_exits_within_the_grace_period(sandb
                 assert w.status == 200
                 await asyncio.wait_for(w.content.readline(), 5)  # ADDED events are flowing
             proc.send_signal(signal.SIGTERM)
-            async with aiohttp.ClientSession() as plain, plain.get(f"http://127.0.0.1:{metrics}/readyz") as r:
-                assert r.status == 503  # not ready at once
+
+            async def not_ready() -> bool:
+                async with (
+                    aiohttp.ClientSession() as plain,
+                    plain.get(f"http://127.0.0.1:{metrics}/readyz") as r,
+                ):
+                    return r.status == 503
+
+            await eventually(not_ready, timeout=5)  # well before the watches end
             for w in watches:
                 rest = await asyncio.wait_for(w.content.read(), 15)  # the stream ends, cleanly
                 assert isinstance(rest, bytes)
