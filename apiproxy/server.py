@@ -207,17 +207,29 @@ class ProxyHandler:
         headers: CIMultiDict[str],
         body: bytes | None,
     ) -> web.StreamResponse:
-        if info.verb != "watch":
-            upstream = await self.upstream.open(request.method, info.forward_target, headers, body=body)
-            try:
-                return await self._relay(request, ex, upstream, None)
-            finally:
-                _finish_upstream(upstream)
+        if info.verb == "watch":
+            return await self._forward_watch(request, ex, principal, info, headers)
+        upstream = await self.upstream.open(request.method, info.forward_target, headers, body=body)
+        try:
+            return await self._relay(request, ex, upstream, None)
+        finally:
+            _finish_upstream(upstream)
 
+    async def _forward_watch(
+        self,
+        request: web.BaseRequest,
+        ex: Exchange,
+        principal: Principal,
+        info: RequestInfo,
+        headers: CIMultiDict[str],
+    ) -> web.StreamResponse:
+        """A watch holds a slot of its cluster's cap, a bounded lifetime, and a place in ``watches``."""
         if self.draining:
             raise StatusError(503, "the proxy is shutting down; watch again", headers={"Retry-After": "1"})
         cluster = principal.display
+        ex.decision = "limited"
         self.watch_slots.acquire(cluster)
+        ex.decision = "allow"
         try:
             target, timeout = cap_watch_timeout(info.forward_target, self.limits.max_watch_timeout)
             ex.forwarded = target
