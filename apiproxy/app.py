@@ -294,11 +294,11 @@ async def start(settings: Settings) -> Proxy:
         tls.reload()
         _certificate_expiry(metrics, "serving", settings.tls_cert_file)
 
-    reloader.add(
-        WatchedFiles(
-            "serving certificate", [settings.tls_cert_file, settings.tls_private_key_file], serving_changed
-        )
+    serving = WatchedFiles(
+        "serving certificate", [settings.tls_cert_file, settings.tls_private_key_file], serving_changed
     )
+    serving.on_result = reloaded("serving_certificate")
+    reloader.add(serving)
     if settings.client_ca_file is not None:
         client_ca_file = settings.client_ca_file
 

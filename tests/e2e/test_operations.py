@@ -282,3 +282,36 @@ def test_proxy_refuses_to_start_with_a_bad_config_file(tmp_path: Path) -> None:
 
 def test_client_ssl_context_is_used(sandbox: Sandbox) -> None:
     assert isinstance(sandbox.client_ssl(), ssl.SSLContext)
+
+
+async def test_a_refused_policy_shows_in_metrics_until_a_good_one_loads(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    good = sandbox.policy.read_text()
+    policy.write_text(good)
+    sandbox.policy = policy
+    await sandbox.stop()
+    await sandbox.start()
+
+    async def gauge() -> float:
+        return sample(await scrape(sandbox), "apiproxy_config_last_reload_successful", config="policy")
+
+    assert await gauge() == 1
+    policy.write_text(
+        good + "\n  - clusters: ['*']\n    verbs: [delete]\n    apiGroups: ['']\n    resources: [pods]\n"
+    )
+
+    async def refused() -> bool:
+        return await gauge() == 0
+
+    await eventually(refused)
+    text = await scrape(sandbox)
+    assert sample(text, "apiproxy_policy_reloads_total", result="failure") == 1
+    assert await get(sandbox, "/api/v1/nodes", sandbox.clusters["alpha"].token) == 200  # the old one serves
+    policy.write_text(good.replace("# ", "#  "))
+
+    async def recovered() -> bool:
+        return await gauge() == 1
+
+    await eventually(recovered)
