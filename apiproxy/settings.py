@@ -131,7 +131,6 @@ class Settings:
     shutdown_grace: float = _opt(
         30.0, "on SIGTERM, longest wait for requests to finish before exiting", type=_duration_arg
     )
-    workers: int = _opt(1, "worker processes sharing the port (SO_REUSEPORT); metrics aggregate")
     reload_interval: float = _opt(1.0, "how often watched files are checked for changes", type=_duration_arg)
     audit_log: str = _opt("-", "where audit records go: - for stdout, a file path, or empty to disable")
     log_level: str = _opt(
