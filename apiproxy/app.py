@@ -256,6 +256,7 @@ async def start(settings: Settings) -> Proxy:
         ),
     )
     handler.readiness_checks.append(lambda: None if policy.loaded else "policy not loaded")
+    handler.readiness_warnings.append(lambda: policy.last_error)
 
     def config_changed() -> None:
         metrics.set_config(policy.sha256, trust.current.sha256 if trust is not None else "")
@@ -289,6 +290,7 @@ async def start(settings: Settings) -> Proxy:
 
         reloader.add(trust, trust_changed)
         handler.readiness_checks.append(lambda: None if len(watched.current) else "trust store is empty")
+        handler.readiness_warnings.append(lambda: watched.last_error)
 
     def serving_changed() -> None:
         tls.reload()

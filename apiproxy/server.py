@@ -117,6 +117,8 @@ class ProxyHandler:
         self.draining = False
         #: Extra readiness conditions (policy loaded, trust store healthy...): each returns why not, or None.
         self.readiness_checks: list[Callable[[], str | None]] = []
+        #: Conditions worth reporting that do not make the proxy unready (it serves the last good config).
+        self.readiness_warnings: list[Callable[[], str | None]] = []
         self._upstream_ready = ReadinessCache(upstream.check_ready)
         self._named: tuple[Policy | None, frozenset[tuple[str, str]]] = (None, frozenset())
         #: Metric children by label values: ``labels()`` validates and locks on every call.
@@ -406,10 +408,17 @@ class ProxyHandler:
         return problems
 
     async def ready(self, request: web.BaseRequest) -> web.StreamResponse:
+        """``ok``, or 503 with the reasons; ``?verbose`` also lists warnings that do not fail readiness
+        (a refused policy or trust store update: the last good version is serving)."""
         problems = await self.readiness_problems()
-        if problems:
-            return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
-        return web.Response(text="ok")
+        status = 503 if problems else 200
+        if "verbose" not in request.query:
+            text = "not ready: " + "; ".join(problems) if problems else "ok"
+            return web.Response(status=status, text=text + "\n")
+        lines = [f"[-] {p}" for p in problems]
+        lines += [f"[!] {w}" for check in self.readiness_warnings if (w := check()) is not None]
+        lines.append("readyz check failed" if problems else "readyz check passed")
+        return web.Response(status=status, text="\n".join(lines) + "\n")
 
     # -- revocation -----------------------------------------------------------------------------------
 

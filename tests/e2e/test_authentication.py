@@ -170,6 +170,14 @@ async def test_trust_file_changes_take_effect_without_restart(sandbox: Sandbox) 
     await eventually(lambda: trust.last_error)
     assert (await status_of(sandbox, alpha.token))[0] == 200
     assert (await status_of(sandbox, gamma.token))[0] == 200
+    # Still ready (the last good store serves), and the refusal is visible to whoever looks.
+    async with (
+        aiohttp.ClientSession() as plain,
+        plain.get(sandbox.metrics_url + "/readyz?verbose") as resp,
+    ):
+        text = await resp.text()
+    assert resp.status == 200
+    assert "[!] refused new trust store" in text and "readyz check passed" in text
 
 
 @pytest.fixture
