@@ -236,6 +236,7 @@ async def start(settings: Settings) -> Proxy:
             token_file=settings.upstream_token_file,
             connect_timeout=settings.upstream_connect_timeout,
             request_timeout=settings.upstream_timeout,
+            tls_max_version=settings.upstream_tls_max_version,
         )
     )
     await upstream.start()

@@ -111,10 +111,14 @@ class TokenSource:
         return self._header
 
 
-def client_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+def client_ssl_context(ca_file: Path | None, max_version: str = "") -> ssl.SSLContext:
     """TLS to the apiserver: verified against the cluster CA (or the system store), TLS 1.2 at least."""
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if max_version == "1.2":
+        # A TLS 1.3 server sends session tickets after the handshake, and OpenSSL then keeps ~12 KiB
+        # more per connection; every open watch holds one (measured: 92 -> 79 KiB RSS per idle watch).
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
 
@@ -131,6 +135,8 @@ class UpstreamSettings:
     #: each concurrent request (watches included) holds one.
     max_connections: int = 0
     token_check_interval: float = 1.0
+    #: "1.2" caps the upstream hop at TLS 1.2 (less memory per watch); empty allows TLS 1.3.
+    tls_max_version: str = ""
 
 
 class Upstream:
@@ -140,7 +146,11 @@ class Upstream:
         self.settings = settings
         self.base = settings.url.rstrip("/")
         self.token = TokenSource(settings.token_file, check_interval=settings.token_check_interval)
-        self.ssl_context = client_ssl_context(settings.ca_file) if self.base.startswith("https") else None
+        self.ssl_context = (
+            client_ssl_context(settings.ca_file, settings.tls_max_version)
+            if self.base.startswith("https")
+            else None
+        )
         self._session: aiohttp.ClientSession | None = None
         self._short_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.request_timeout
@@ -171,7 +181,7 @@ class Upstream:
     def reload_ca(self) -> None:
         """Trust the CA file as it is now; new connections use it (pooled ones finish as they are)."""
         if self.ssl_context is not None:
-            self.ssl_context = client_ssl_context(self.settings.ca_file)
+            self.ssl_context = client_ssl_context(self.settings.ca_file, self.settings.tls_max_version)
 
     @property
     def session(self) -> aiohttp.ClientSession:

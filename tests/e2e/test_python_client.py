@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
+from pathlib import Path
 
 import kubernetes
 
@@ -69,3 +71,15 @@ async def test_watch_stream_receives_changes(sandbox: Sandbox) -> None:
     store.delete("services", ns, name)
     await asyncio.wait_for(watcher, 25)
     assert seen == [("ADDED", name), ("MODIFIED", name), ("DELETED", name)]
+
+
+async def test_upstream_hop_capped_at_tls12_still_serves(tmp_path: Path) -> None:
+    box = Sandbox(tmp_path, settings={"upstream_tls_max_version": "1.2"})
+    await box.start()
+    try:
+        assert box.proxy is not None and box.proxy.upstream.ssl_context is not None
+        assert box.proxy.upstream.ssl_context.maximum_version == ssl.TLSVersion.TLSv1_2
+        pods = await asyncio.to_thread(lambda: core_api(box).list_namespaced_pod("istio-system"))
+        assert pods.items
+    finally:
+        await box.stop()
