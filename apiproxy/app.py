@@ -96,19 +96,12 @@ class Proxy:
 
     @property
     def port(self) -> int:
-        server = self.sites[0]._server if self.sites else None
-        sockets = getattr(server, "sockets", None)
-        if not sockets:
-            raise RuntimeError("not listening")
-        return int(sockets[0].getsockname()[1])
+        """The proxy port actually bound (``--listen`` may ask for port 0)."""
+        return _bound_port(self.sites, "the proxy")
 
     @property
     def metrics_port(self) -> int:
-        server = self.metrics_sites[0]._server if self.metrics_sites else None
-        sockets = getattr(server, "sockets", None)
-        if not sockets:
-            raise RuntimeError("metrics endpoint not listening")
-        return int(sockets[0].getsockname()[1])
+        return _bound_port(self.metrics_sites, "the metrics endpoint")
 
     async def stop(self, *, delay: float = 0.0) -> None:
         """Graceful stop: not ready at once, keep serving for ``delay``, stop accepting, end watches
@@ -131,6 +124,14 @@ class Proxy:
             self.audit.flush()
         if self.trust is not None and isinstance(self.trust.source, SecretTrustSource):
             self.trust.source.stop()
+
+
+def _bound_port(sites: list[web.TCPSite], what: str) -> int:
+    server = sites[0]._server if sites else None
+    sockets = getattr(server, "sockets", None)
+    if not sockets:
+        raise RuntimeError(f"{what} is not listening")
+    return int(sockets[0].getsockname()[1])
 
 
 def check_settings(settings: Settings) -> None:

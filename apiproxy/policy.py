@@ -65,9 +65,8 @@ CONNECT_SUBRESOURCES = frozenset({"exec", "attach", "portforward", "proxy"})
 #: The HTTP method each allowed verb must arrive with.
 _VERB_METHOD = {"get": "GET", "list": "GET", "watch": "GET", "create": "POST"}
 
-_RULE_FIELDS = (
-    "name",
-    "description",
+#: Rule fields that hold lists of strings.
+_LIST_FIELDS = (
     "clusters",
     "verbs",
     "apiGroups",
@@ -76,6 +75,7 @@ _RULE_FIELDS = (
     "namespaces",
     "nonResourceURLs",
 )
+_RULE_FIELDS = ("name", "description", *_LIST_FIELDS)
 _TOP_FIELDS = ("apiVersion", "kind", "rules")
 _WRITE_VERBS = frozenset(
     {
@@ -547,15 +547,7 @@ class _Validator:
         if not isinstance(node, yaml.MappingNode):
             return raw
         lists: dict[str, list[tuple[yaml.Node, str]] | None] = {}
-        for key in (
-            "clusters",
-            "verbs",
-            "apiGroups",
-            "resources",
-            "resourceNames",
-            "namespaces",
-            "nonResourceURLs",
-        ):
+        for key in _LIST_FIELDS:
             if key in fields:
                 lists[key] = self.strings(fields[key][1], key)
         if "name" in fields:
