@@ -189,6 +189,7 @@ async def tour(workdir: Path, once: bool) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        t.say("stopping")
         return 0
     finally:
         await box.stop()
