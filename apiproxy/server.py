@@ -126,8 +126,8 @@ class ProxyHandler:
         self.endpoints: dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]] = {
             "/healthz": self.live,
             "/livez": self.live,
-            "/readyz": self.ready,
-            "/ready": self.ready,
+            "/readyz": self.ready_public,
+            "/ready": self.ready_public,
         }
 
     # -- the pipeline ---------------------------------------------------------------------------------
@@ -406,6 +406,13 @@ class ProxyHandler:
             if upstream_problem is not None:
                 problems.append(upstream_problem)
         return problems
+
+    async def ready_public(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Readiness on the public port, answered to anyone: the verdict only, no details about upstream
+        addresses or configuration (those are on the metrics port, which stays inside the cluster)."""
+        if await self.readiness_problems():
+            return web.Response(status=503, text="not ready\n")
+        return web.Response(text="ok\n")
 
     async def ready(self, request: web.BaseRequest) -> web.StreamResponse:
         """``ok``, or 503 with the reasons; ``?verbose`` also lists warnings that do not fail readiness
