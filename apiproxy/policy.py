@@ -29,6 +29,7 @@ costs a handful of dict lookups whatever the size of the policy.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -346,18 +347,29 @@ class Policy:
             out |= r.clusters
         return frozenset(out)
 
-    def rbac_rules(self) -> list[dict[str, list[str]]]:
+    def rbac_namespaces(self) -> list[str]:
+        """Namespaces that rules restrict themselves to: each gets a Role of its own."""
+        return sorted({ns for r in self.rules if r.is_resource_rule and r.namespaces for ns in r.namespaces})
+
+    def rbac_rules(self, namespace: str | None = None) -> list[dict[str, list[str]]]:
         """The RBAC ``PolicyRule`` list the proxy's own service account needs to serve this policy.
 
-        Namespaces cannot be expressed in a ClusterRole and globs cannot be expressed in
-        ``resourceNames``; such rules come out broader (the proxy still narrows every request).
+        ``namespace=None`` gives the cluster-wide rules (for a ClusterRole): rules without ``namespaces``
+        and the non-resource URLs. A namespace gives the rules restricted to it (for a Role there), so
+        the proxy's identity reads in that namespace only. Globs cannot be expressed in
+        ``resourceNames``: a rule with one comes out without names (the proxy still narrows each request).
         """
         out: list[dict[str, list[str]]] = []
         seen: set[tuple[tuple[str, ...], ...]] = set()
         urls: set[str] = set()
         for r in self.rules:
             if not r.is_resource_rule:
-                urls |= r.non_resource_urls | _globs(r.url_prefixes)
+                if namespace is None:
+                    urls |= r.non_resource_urls | _globs(r.url_prefixes)
+                continue
+            if (r.namespaces is not None) != (namespace is not None):
+                continue
+            if namespace is not None and r.namespaces is not None and namespace not in r.namespaces:
                 continue
             entry: dict[str, list[str]] = {
                 "apiGroups": sorted(r.api_groups),
@@ -374,19 +386,66 @@ class Policy:
             out.append({"nonResourceURLs": sorted(urls), "verbs": ["get"]})
         return out
 
-    def cluster_role_yaml(self, name: str = "apiproxy") -> str:
-        """A ClusterRole manifest granting :meth:`rbac_rules`."""
-        doc = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {
-                "name": name,
-                "annotations": {"apiproxy.io/policy-sha256": self.sha256},
+    def rbac_manifests(
+        self, name: str = "apiproxy", service_account: tuple[str, str] = ("apiproxy", "apiproxy")
+    ) -> list[dict[str, Any]]:
+        """ClusterRole and ClusterRoleBinding for the cluster-wide rules, and a Role and RoleBinding in each
+        namespace that rules are restricted to: the proxy's identity can read no more than the policy names.
+        ``service_account`` is (namespace, name) of the proxy's ServiceAccount."""
+        sa_namespace, sa_name = service_account
+        subject = [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}]
+        annotations = {"apiproxy.io/policy-sha256": self.sha256}
+        docs: list[dict[str, Any]] = [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": name, "annotations": dict(annotations)},
+                "rules": self.rbac_rules(),
             },
-            "rules": self.rbac_rules(),
-        }
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": name, "annotations": dict(annotations)},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "subjects": subject,
+            },
+        ]
+        for namespace in self.rbac_namespaces():
+            # The namespace is repeated in an annotation so that tools that rewrite namespaces (kustomize)
+            # can put it back.
+            meta = {
+                "name": name,
+                "namespace": namespace,
+                "annotations": {**annotations, "apiproxy.io/namespace": namespace},
+            }
+            docs.append(
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "Role",
+                    "metadata": copy.deepcopy(meta),
+                    "rules": self.rbac_rules(namespace),
+                }
+            )
+            docs.append(
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "RoleBinding",
+                    "metadata": copy.deepcopy(meta),
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                    "subjects": subject,
+                }
+            )
+        return docs
+
+    def rbac_yaml(
+        self, name: str = "apiproxy", service_account: tuple[str, str] = ("apiproxy", "apiproxy")
+    ) -> str:
+        """:meth:`rbac_manifests` as one YAML stream."""
         header = f"# Generated from {self.source} by `apiproxy policy rbac`; the proxy narrows it further.\n"
-        return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+        body = yaml.safe_dump_all(
+            self.rbac_manifests(name, service_account), sort_keys=False, default_flow_style=False, width=100
+        )
+        return header + body
 
 
 # ====================================================================== loading and validation

@@ -8,7 +8,8 @@
   accepted too and only its path and query are used. Exit 0 when allowed, 1 when denied, 2 when the
   request is malformed (the proxy would answer 400) or the policy does not load - so scripts and CI can
   assert on a policy: ``apiproxy policy explain ... GET /api/v1/secrets && echo "too open"``.
-* ``policy rbac FILE [--name NAME]`` prints the ClusterRole the proxy's service account needs.
+* ``policy rbac FILE [--name NAME] [--service-account NS/NAME]`` prints the RBAC the proxy's service
+  account needs: a ClusterRole for cluster-wide rules, a Role in each namespace rules are restricted to.
 """
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Print a ClusterRole granting what the policy can allow (the proxy narrows it further).",
     )
     rbac.add_argument("file", metavar="FILE")
-    rbac.add_argument("--name", default="apiproxy", help="metadata.name of the ClusterRole")
+    rbac.add_argument("--name", default="apiproxy", help="metadata.name of the roles and bindings")
+    rbac.add_argument(
+        "--service-account",
+        default="apiproxy/apiproxy",
+        metavar="NAMESPACE/NAME",
+        help="the proxy's ServiceAccount, bound to the roles (default: apiproxy/apiproxy)",
+    )
     rbac.set_defaults(func=cmd_rbac)
 
 
@@ -98,7 +105,11 @@ def cmd_rbac(args: argparse.Namespace, out: TextIO | None = None) -> int:
     policy = _load(args.file, out)
     if policy is None:
         return 1
-    out.write(policy.cluster_role_yaml(args.name))
+    namespace, _, name = getattr(args, "service_account", "apiproxy/apiproxy").partition("/")
+    if not namespace or not name:
+        out.write("--service-account must be NAMESPACE/NAME\n")
+        return 2
+    out.write(policy.rbac_yaml(args.name, (namespace, name)))
     return 0
 
 

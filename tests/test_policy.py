@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -333,11 +334,32 @@ def test_rbac_rules(istio: Policy, scoped: Policy) -> None:
         "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/version"],
         "verbs": ["get"],
     }
-    configmaps = next(r for r in rules if r["resources"] == ["configmaps"] if "resources" in r)
+    # The mesh-config rule is restricted to istio-system: it is not granted cluster-wide, only by a Role.
+    assert not [r for r in rules if "configmaps" in r.get("resources", [])]
+    assert istio.rbac_namespaces() == ["istio-system"]
+    (configmaps,) = istio.rbac_rules("istio-system")
+    assert configmaps["resources"] == ["configmaps"] and configmaps["verbs"] == ["get", "list", "watch"]
     assert "resourceNames" not in configmaps  # a glob cannot be expressed in RBAC
-    assert "kind: ClusterRole" in istio.cluster_role_yaml("x")
-    for rule in scoped.rbac_rules():
-        assert set(rule["verbs"]) <= {"get", "list", "watch", "create"}
+    for namespace in [None, *scoped.rbac_namespaces()]:
+        for rule in scoped.rbac_rules(namespace):
+            assert set(rule["verbs"]) <= {"get", "list", "watch", "create"}
+
+
+def test_rbac_manifests_bind_each_role_to_the_proxys_service_account(istio: Policy) -> None:
+    docs = list(yaml.safe_load_all(istio.rbac_yaml("x", ("d8-istio", "apiproxy"))))
+    kinds = [(d["kind"], d["metadata"].get("namespace")) for d in docs]
+    assert kinds == [
+        ("ClusterRole", None),
+        ("ClusterRoleBinding", None),
+        ("Role", "istio-system"),
+        ("RoleBinding", "istio-system"),
+    ]
+    for binding in (docs[1], docs[3]):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "apiproxy", "namespace": "d8-istio"}
+        ]
+        assert binding["roleRef"]["name"] == "x"
+    assert docs[2]["metadata"]["annotations"]["apiproxy.io/namespace"] == "istio-system"
 
 
 def test_forbidden_message() -> None:

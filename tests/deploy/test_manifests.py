@@ -20,6 +20,8 @@ CORE_OBJECTS = {
     ("ServiceAccount", "apiproxy"),
     ("ClusterRole", "apiproxy"),
     ("ClusterRoleBinding", "apiproxy"),
+    ("Role", "apiproxy"),
+    ("RoleBinding", "apiproxy"),
     ("Deployment", "apiproxy"),
     ("Service", "apiproxy"),
     ("PodDisruptionBudget", "apiproxy"),
@@ -107,17 +109,22 @@ def test_objects_live_in_the_target_namespace(target: str, docs: list[Manifest])
     for doc in docs:
         if doc["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in doc["metadata"], doc["kind"]
+        elif doc["kind"] in ("Role", "RoleBinding"):
+            # The policy's namespaced rules are granted where they apply, not in the install namespace.
+            assert doc["metadata"]["namespace"] == doc["metadata"]["annotations"]["apiproxy.io/namespace"]
+            assert doc["metadata"]["namespace"] == "istio-system"
         else:
             assert doc["metadata"].get("namespace") == namespace, (doc["kind"], doc["metadata"]["name"])
-    binding = one(docs, "ClusterRoleBinding", "apiproxy")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
-        "name": one(docs, "ClusterRole")["metadata"]["name"],
-    }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": pod_spec(docs)["serviceAccountName"], "namespace": namespace}
-    ]
+    for binding_kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        binding = one(docs, binding_kind, "apiproxy")
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role_kind,
+            "name": one(docs, role_kind)["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": pod_spec(docs)["serviceAccountName"], "namespace": namespace}
+        ]
 
 
 # -------------------------------------------------------------------------------------- the workload
@@ -339,6 +346,7 @@ def test_base_and_overlay_differ_only_where_intended() -> None:
             ("Deployment", "apiproxy"),
             ("NetworkPolicy", "apiproxy"),
             ("ClusterRoleBinding", "apiproxy"),
+            ("RoleBinding", "apiproxy"),
         }:
             continue  # patched on purpose; their patches are checked above
         assert base[key] == overlay[key], key

@@ -1,4 +1,4 @@
-"""The shipped ClusterRole is what `apiproxy policy rbac` derives from the shipped policy, and read-only."""
+"""The shipped RBAC is what `apiproxy policy rbac` derives from the shipped policy, and read-only."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from tests.deploy.conftest import DEPLOY, ROOT, Manifest, one
 
 POLICY = Path("policies/istio-remote.yaml")  # relative: the generated header names it this way
 POLICY_COPY = DEPLOY / "base" / "policy" / "istio-remote.yaml"
-CLUSTER_ROLE = DEPLOY / "base" / "clusterrole.yaml"
-REGENERATE = f"apiproxy policy rbac {POLICY} --name apiproxy > deploy/base/clusterrole.yaml"
+RBAC = DEPLOY / "base" / "rbac.yaml"
+REGENERATE = f"apiproxy policy rbac {POLICY} --name apiproxy > deploy/base/rbac.yaml"
 
 READ_VERBS = {"get", "list", "watch"}
 #: The only writes a policy may allow: reviews persist nothing.
@@ -28,17 +28,17 @@ def rbac_output(policy: Path, name: str = "apiproxy") -> str:
     cwd = Path.cwd()
     os.chdir(ROOT)
     try:
-        status = cmd_rbac(argparse.Namespace(file=str(policy), name=name), out)
+        status = cmd_rbac(
+            argparse.Namespace(file=str(policy), name=name, service_account="apiproxy/apiproxy"), out
+        )
     finally:
         os.chdir(cwd)
     assert status == 0, out.getvalue()
     return out.getvalue()
 
 
-def test_cluster_role_is_the_output_of_policy_rbac() -> None:
-    assert CLUSTER_ROLE.read_text() == rbac_output(POLICY), (
-        f"deploy/base/clusterrole.yaml drifted: {REGENERATE}"
-    )
+def test_shipped_rbac_is_the_output_of_policy_rbac() -> None:
+    assert RBAC.read_text() == rbac_output(POLICY), f"deploy/base/rbac.yaml drifted: {REGENERATE}"
 
 
 def test_policy_copy_is_byte_identical() -> None:
@@ -47,14 +47,25 @@ def test_policy_copy_is_byte_identical() -> None:
     )
 
 
-def test_rendered_cluster_role_only_gains_labels(docs: list[Manifest]) -> None:
-    shipped = yaml.safe_load(CLUSTER_ROLE.read_text())
-    rendered = one(docs, "ClusterRole")
-    assert rendered["rules"] == shipped["rules"]
-    assert rendered["metadata"]["name"] == shipped["metadata"]["name"]
-    assert rendered["metadata"]["annotations"] == shipped["metadata"]["annotations"]
-    assert "aggregationRule" not in rendered
-    assert not [d for d in docs if d["kind"] in {"Role", "RoleBinding"}]
+def test_rendered_roles_only_gain_labels(docs: list[Manifest]) -> None:
+    shipped = {d["kind"]: d for d in yaml.safe_load_all(RBAC.read_text())}
+    for kind in ("ClusterRole", "Role"):
+        rendered = one(docs, kind)
+        assert rendered["rules"] == shipped[kind]["rules"]
+        assert rendered["metadata"]["name"] == shipped[kind]["metadata"]["name"]
+        assert rendered["metadata"]["annotations"] == shipped[kind]["metadata"]["annotations"]
+        assert rendered["metadata"].get("namespace") == shipped[kind]["metadata"].get("namespace")
+        assert "aggregationRule" not in rendered
+
+
+def test_nothing_namespaced_is_granted_cluster_wide(docs: list[Manifest]) -> None:
+    """The proxy's identity reads configmaps in istio-system only, as the policy allows, not everywhere."""
+    cluster_resources = {r for rule in one(docs, "ClusterRole")["rules"] for r in rule.get("resources", [])}
+    assert "configmaps" not in cluster_resources and "secrets" not in cluster_resources
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == "istio-system"
+    assert [r["resources"] for r in role["rules"]] == [["configmaps"]]
+    assert check_read_only(role["rules"]) == []
 
 
 def check_read_only(rules: list[Manifest]) -> list[str]:
