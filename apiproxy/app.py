@@ -241,7 +241,7 @@ async def start(settings: Settings) -> Proxy:
         )
     )
     await upstream.start()
-    metrics.track_token_age(lambda: upstream.token.loaded_at)
+    metrics.set_token_age(upstream.token.loaded_at)
     audit = AuditLog.open(settings.audit_log)
     handler = ProxyHandler(
         upstream,
@@ -327,8 +327,7 @@ async def start(settings: Settings) -> Proxy:
         upstream_ca_watch = WatchedFiles("upstream CA", [upstream_ca_file], upstream_ca_changed)
         upstream_ca_watch.on_result = reloaded("upstream_ca")
         reloader.add(upstream_ca_watch)
-    if audit is not None:
-        reloader.add(_Flush(audit))
+    reloader.add(_Tick(audit, lambda: metrics.set_token_age(upstream.token.loaded_at)))
     reloader.start()
 
     proxy = Proxy(settings, handler, upstream, reloader, policy, tls, metrics, audit, trust, authenticator)
@@ -344,7 +343,14 @@ async def start(settings: Settings) -> Proxy:
     proxy.runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_grace)
     await proxy.runner.setup()
     host, port = parse_listen(settings.listen)
-    site = web.TCPSite(proxy.runner, host, port, ssl_context=tls.context, backlog=1024)
+    site = web.TCPSite(
+        proxy.runner,
+        host,
+        port,
+        ssl_context=tls.context,
+        backlog=1024,
+        reuse_port=settings.reuse_port or None,
+    )
     await site.start()
     proxy.sites.append(site)
     if settings.metrics_listen:
@@ -353,16 +359,19 @@ async def start(settings: Settings) -> Proxy:
     return proxy
 
 
-class _Flush:
-    """Audit records are written in batches; push them out on every reload tick."""
+class _Tick:
+    """Work done on every reload tick: push out the batched audit records, refresh the token-age gauge."""
 
-    name = "audit log"
+    name = "periodic housekeeping"
 
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog | None, refresh_gauges: Callable[[], None]) -> None:
         self.audit = audit
+        self.refresh_gauges = refresh_gauges
 
     def refresh(self) -> bool:
-        self.audit.flush()
+        if self.audit is not None:
+            self.audit.flush()
+        self.refresh_gauges()
         return False
 
 

@@ -7,13 +7,15 @@ import asyncio
 import logging
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from apiproxy import __version__, logs
 from apiproxy.settings import Settings, add_arguments, serve_settings
 
+T = TypeVar("T")
 
-def run_async(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> None:
+
+def run_async(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
     """Run a coroutine on uvloop when it is installed and wanted, else on asyncio's own loop."""
     if use_uvloop:
         try:
@@ -24,16 +26,21 @@ def run_async(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> No
                 "(pip install 'apiproxy[speedups]')"
             )
         else:
-            uvloop.run(main)
-            return
-    asyncio.run(main)
+            result: T = uvloop.run(main)
+            return result
+    return asyncio.run(main)
 
 
 def _serve(settings: Settings) -> int:
-    from apiproxy.app import ConfigurationError, serve
+    from apiproxy.app import ConfigurationError, check_settings, serve
 
     logs.configure(settings.log_level, settings.log_format)
     try:
+        if settings.workers > 1:
+            from apiproxy.workers import supervise
+
+            check_settings(settings)  # fail here, once, rather than in every worker
+            return run_async(supervise(settings), use_uvloop=settings.uvloop)
         run_async(serve(settings), use_uvloop=settings.uvloop)
     except (ConfigurationError, ValueError, OSError) as exc:
         print(f"apiproxy: {exc}", file=sys.stderr)

@@ -7,9 +7,9 @@ enumerations. Nothing a caller can spell freely (names, namespaces, paths) ever 
 
 from __future__ import annotations
 
+import os
 import platform
 import time
-from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +29,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 WATCH_BUCKETS = (1, 5, 15, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 
 OTHER = "other"
+
+#: Set (by the supervisor of ``--workers``) when several processes share metrics through files.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 class Metrics:
@@ -50,7 +53,11 @@ class Metrics:
             registry=r,
         )
         self.watches_active = Gauge(
-            "apiproxy_watches_active", "Watch streams open now.", ["cluster", "resource"], registry=r
+            "apiproxy_watches_active",
+            "Watch streams open now.",
+            ["cluster", "resource"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.watch_duration = Histogram(
             "apiproxy_watch_duration_seconds",
@@ -93,6 +100,7 @@ class Metrics:
             "apiproxy_upstream_token_age_seconds",
             "Seconds since the proxy's own service-account token was last read.",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.policy_reloads = Counter(
             "apiproxy_policy_reloads_total", "Policy loads, by result.", ["result"], registry=r
@@ -105,32 +113,45 @@ class Metrics:
             "1 when the newest version of a watched file was loaded, 0 while it is refused.",
             ["config"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.trusted_clusters = Gauge(
-            "apiproxy_trusted_clusters", "Remote clusters in the current trust store.", registry=r
+            "apiproxy_trusted_clusters",
+            "Remote clusters in the current trust store.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.config_info = Gauge(
             "apiproxy_config_info",
             "Always 1; labels identify the policy and trust store in force.",
             ["policy_sha256", "trust_sha256"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.certificate_expiry = Gauge(
             "apiproxy_certificate_expiry_timestamp_seconds",
             "Expiry (Unix time) of the certificates the proxy serves or trusts.",
             ["cert"],
             registry=r,
+            multiprocess_mode="livemin",
         )
-        self.connections = Gauge("apiproxy_connections_active", "Client connections open now.", registry=r)
+        self.connections = Gauge(
+            "apiproxy_connections_active",
+            "Client connections open now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.build_info = Gauge(
             "apiproxy_build_info",
             "Always 1; labels carry the version.",
             ["version", "python"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
+        if not MULTIPROCESS:  # with workers, the supervisor exports the shared files only
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
             self.trust_reloads.labels(result)
@@ -141,16 +162,16 @@ class Metrics:
         if labels == self._config_labels:
             return
         if self._config_labels is not None:
-            self.config_info.remove(*self._config_labels)
+            # Workers share files in which a series cannot be removed: 0 marks the old one superseded.
+            self.config_info.labels(*self._config_labels).set(0)
+            if not MULTIPROCESS:
+                self.config_info.remove(*self._config_labels)
         self.config_info.labels(*labels).set(1)
         self._config_labels = labels
 
-    def track_token_age(self, loaded_at: Callable[[], float | None]) -> None:
-        def age() -> float:
-            at = loaded_at()
-            return time.time() - at if at is not None else float("nan")
-
-        self.upstream_token_age.set_function(age)
+    def set_token_age(self, loaded_at: float | None) -> None:
+        """Refreshed on every reload tick (a callback gauge would not work across worker processes)."""
+        self.upstream_token_age.set(time.time() - loaded_at if loaded_at is not None else float("nan"))
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

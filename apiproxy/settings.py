@@ -136,6 +136,12 @@ class Settings:
     shutdown_grace: float = _opt(
         30.0, "on SIGTERM, longest wait for requests to finish before exiting", type=_duration_arg
     )
+    workers: int = _opt(
+        1,
+        "processes serving the port (SO_REUSEPORT), for more than one core; limits are split between "
+        "them and metrics aggregated",
+    )
+    reuse_port: bool = _opt(False, "share the listening port with other processes (set for each worker)")
     reload_interval: float = _opt(1.0, "how often watched files are checked for changes", type=_duration_arg)
     audit_log: str = _opt("-", "where audit records go: - for stdout, a file path, or empty to disable")
     log_level: str = _opt(
