@@ -115,6 +115,8 @@ class Bench:
     targets: list[Target] = field(default_factory=list)
     watch_targets: list[Target] = field(default_factory=list)
     recorded: fixtures.Recorded | None = None
+    #: ``serve --workers`` for the proxy under test (1: a single process, as in a one-core pod).
+    proxy_workers: int = 1
     wrk_script: Path = field(init=False)
     notes: list[str] = field(default_factory=list)
 
@@ -149,6 +151,7 @@ class Bench:
             "rate_limit_burst": 1_000_000,
             "max_watches_per_cluster": 50_000,
             "max_connections": 50_000,
+            "workers": self.proxy_workers,
         }
         missing = sorted(set(wanted) - known)
         if missing:
@@ -639,6 +642,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin load and system under test")
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS", help="py-spy the proxy")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--proxy-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the proxy with --workers N (try with --no-pin; RSS and CPU figures then cover the "
+        "supervisor only)",
+    )
     args = parser.parse_args(argv)
 
     missing = missing_tools()
@@ -650,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     load_cpus, sut_cpus = (None, None) if args.no_pin else pinning()
     work = Path(tempfile.mkdtemp(prefix="apiproxy-bench-"))
     work.chmod(0o755)  # nginx's worker (www-data when started as root) reads the docroot
-    bench = Bench(work, params, load_cpus, sut_cpus)
+    bench = Bench(work, params, load_cpus, sut_cpus, proxy_workers=args.proxy_workers)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
