@@ -17,6 +17,8 @@ from apiproxy.tlsconfig import parse_listen
         ("250ms", 0.25),
         ("7", 7),
         ("1.5h", 5400),
+        ("1h30m", 5400),
+        ("2w", 1209600),
     ],
 )
 def test_durations(text: str, seconds: float) -> None:
