@@ -15,7 +15,7 @@ from types import MappingProxyType
 from aiohttp import web
 
 from apiproxy.auth.errors import AuthenticationError
-from apiproxy.auth.jwt import TokenVerifier
+from apiproxy.auth.jwt import TokenVerifier, bearer_token
 from apiproxy.auth.mtls import PeerIdentifier, combine
 from apiproxy.auth.principal import Principal
 from apiproxy.auth.truststore import TrustStore
@@ -35,16 +35,14 @@ class Unauthorized(StatusError):
         self.reason_label = error.reason
 
 
-def bearer_token(request: web.BaseRequest) -> str | None:
+def request_token(request: web.BaseRequest) -> str | None:
+    """The bearer token of the request, None without an ``Authorization`` header."""
     values = request.headers.getall("Authorization", [])
     if not values:
         return None
     if len(values) > 1:
         raise AuthenticationError("malformed", "more than one Authorization header")
-    scheme, _, token = values[0].partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("malformed", "the Authorization header is not 'Bearer <token>'")
-    return token.strip()
+    return bearer_token(values[0])
 
 
 def peer_certificate(request: web.BaseRequest) -> bytes | None:
@@ -117,7 +115,7 @@ class Authenticator:
         if cert is None and self._require_channel_cert:
             raise AuthenticationError("missing", "a client certificate is required")
         cert_principal = self.peers.identify(cert) if cert is not None and self._use_certificates else None
-        token = bearer_token(request)
+        token = request_token(request)
         token_principal = self.verifier.verify(token) if token is not None else None
         return combine(cert_principal, token_principal)
 
