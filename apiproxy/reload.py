@@ -21,6 +21,18 @@ log = logging.getLogger("apiproxy.reload")
 
 T = TypeVar("T")
 
+Signature = tuple[int, int, int, int]
+
+
+def file_signature(path: Path) -> Signature | None:
+    """Device, inode, mtime and size, following symlinks (kubelet's ``..data`` swap changes the inode);
+    None when the file cannot be stat-ed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
 
 class Refreshable(Protocol):
     name: str
@@ -37,7 +49,7 @@ class WatchedFile(Generic[T]):
         self.name = name
         self.path = path
         self._parse = parse
-        self._stat: tuple[int, int, int, int] | None = None
+        self._stat: Signature | None = None
         self._snapshot: T | None = None
         self.sha256 = ""
         self.last_error: str | None = None
@@ -62,11 +74,10 @@ class WatchedFile(Generic[T]):
         return self.current
 
     def refresh(self) -> bool:
+        ident = file_signature(self.path)
+        if ident is not None and ident == self._stat:
+            return False
         try:
-            st = self.path.stat()
-            ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-            if ident == self._stat:
-                return False
             data = self.path.read_bytes()
         except OSError as exc:
             return self._fail(f"cannot read {self.name} file {self.path}: {exc.strerror}", None)
@@ -153,16 +164,8 @@ class WatchedFiles:
         self.last_error: str | None = None
         self.on_result: Callable[[str, str | None], None] | None = None
 
-    def _stat(self) -> tuple[tuple[int, int, int, int] | None, ...]:
-        out: list[tuple[int, int, int, int] | None] = []
-        for path in self.paths:
-            try:
-                st = path.stat()
-            except OSError:
-                out.append(None)
-                continue
-            out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
-        return tuple(out)
+    def _stat(self) -> tuple[Signature | None, ...]:
+        return tuple(file_signature(path) for path in self.paths)
 
     def refresh(self) -> bool:
         seen = self._stat()

@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from apiproxy.reload import Signature, file_signature
 from apiproxy.status import StatusError
 
 log = logging.getLogger("apiproxy.upstream")
@@ -37,25 +38,6 @@ def in_cluster_url(environ: Mapping[str, str] = os.environ) -> str:
     return f"https://{host}:{port}"
 
 
-class FileIdentity:
-    """Tells cheaply whether a file was replaced, including kubelet's atomic symlink swaps."""
-
-    __slots__ = ("_seen", "path")
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._seen: tuple[int, int, int, int] | None = None
-
-    def changed(self) -> bool:
-        """True if the file (following symlinks) differs from the last time this returned True."""
-        st = os.stat(self.path)
-        ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        if ident == self._seen:
-            return False
-        self._seen = ident
-        return True
-
-
 class TokenSource:
     """The proxy's own bearer token, re-read when its file changes.
 
@@ -65,30 +47,29 @@ class TokenSource:
     """
 
     def __init__(self, path: Path, *, check_interval: float = 1.0) -> None:
-        self._file = FileIdentity(path)
+        self.path = path
+        self._seen: Signature | None = None
         self._check_interval = check_interval
         self._next_check = 0.0
         self._header: str | None = None
         self.loaded_at: float | None = None  # wall-clock time of the last successful read
         self.last_error: str | None = None
 
-    @property
-    def path(self) -> Path:
-        return self._file.path
-
     def refresh(self) -> None:
-        try:
-            if not self._file.changed():
-                return
-            token = self._file.path.read_text().strip()
-        except OSError as exc:
-            self._record_error(f"cannot read upstream token file {self._file.path}: {exc.strerror}")
+        seen = file_signature(self.path)
+        if seen is not None and seen == self._seen:
             return
+        try:
+            token = self.path.read_text().strip()
+        except OSError as exc:
+            self._record_error(f"cannot read upstream token file {self.path}: {exc.strerror}")
+            return
+        self._seen = seen
         if not token:
-            self._record_error(f"upstream token file {self._file.path} is empty")
+            self._record_error(f"upstream token file {self.path} is empty")
             return
         if self._header is not None:
-            log.info("upstream token file %s changed; using the new token", self._file.path)
+            log.info("upstream token file %s changed; using the new token", self.path)
         self._header = f"Bearer {token}"
         self.loaded_at = time.time()
         self.last_error = None
