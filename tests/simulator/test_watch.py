@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 from apiproxy.simulator import Simulator
+from tests.helpers import eventually
 from tests.simulator.conftest import TOKEN, EventReader
 
 CM = "/api/v1/namespaces/bookinfo/configmaps"
@@ -51,14 +52,9 @@ async def test_initial_state_then_live_events(sim: Simulator, http: aiohttp.Clie
 
 async def test_disconnect_releases_the_watcher(sim: Simulator, http: aiohttp.ClientSession) -> None:
     resp = await open_watch(http, "/api/v1/pods", resourceVersion=str(sim.store.resource_version))
-    await asyncio.wait_for(_until(lambda: sim.store.watcher_count() == 1), 5)
+    await eventually(lambda: sim.store.watcher_count() == 1, timeout=5)
     resp.close()
-    await asyncio.wait_for(_until(lambda: sim.store.watcher_count() == 0), 5)
-
-
-async def _until(cond: Any) -> None:
-    while not cond():
-        await asyncio.sleep(0.01)
+    await eventually(lambda: sim.store.watcher_count() == 0, timeout=5)
 
 
 async def test_resume_from_resource_version_replays_history(
@@ -222,7 +218,7 @@ async def test_slow_watcher_is_cut_off() -> None:
             base_url=sim.url, headers={"Authorization": f"Bearer {TOKEN}"}
         ) as http:
             resp = await open_watch(http, CM, resourceVersion="1")
-            await asyncio.wait_for(_until(lambda: sim.store.watcher_count() == 1), 5)
+            await eventually(lambda: sim.store.watcher_count() == 1, timeout=5)
             for i in range(20):  # no await in between: the watcher cannot keep up
                 sim.store.create(cm(f"burst{i}"))
             assert sim.store.watcher_count() == 0
