@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from apiproxy.jsonutil import no_duplicate_keys
 from apiproxy.requestinfo import MalformedRequest, RequestInfo
 
 __all__ = ["REVIEW_KINDS", "ReviewBodyError", "check_review_body"]
@@ -51,7 +52,9 @@ def check_review_body(info: RequestInfo, body: bytes, max_bytes: int = DEFAULT_M
     if not body.strip():
         raise ReviewBodyError(f"{kind} body is empty")
     try:
-        doc = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        doc = json.loads(
+            body.decode("utf-8"), object_pairs_hook=no_duplicate_keys, parse_constant=_no_constant
+        )
     except UnicodeDecodeError as exc:
         raise ReviewBodyError(f"{kind} body is not UTF-8 JSON", code=415) from exc
     except ValueError as exc:  # json.JSONDecodeError, and our hooks
@@ -69,15 +72,6 @@ def check_review_body(info: RequestInfo, body: bytes, max_bytes: int = DEFAULT_M
         )
     if doc.get("kind") != kind:
         raise ReviewBodyError(f"body has kind {doc.get('kind')!r}, expected {kind!r}")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _no_constant(name: str) -> Any:

@@ -42,6 +42,7 @@ from apiproxy.auth.errors import AuthenticationError
 from apiproxy.auth.keys import SUPPORTED_ALGORITHMS, VerificationKey, b64url_decode
 from apiproxy.auth.principal import Principal
 from apiproxy.auth.truststore import TrustStore
+from apiproxy.jsonutil import no_duplicate_keys
 
 #: Larger bearer tokens are refused before any parsing (Deckhouse tokens are ~320 bytes).
 MAX_TOKEN_LENGTH: Final = 8 * 1024
@@ -65,18 +66,9 @@ def _safe(value: object) -> str:
     return repr(value) if isinstance(value, str) and _SAFE_ID.fullmatch(value) else "(not shown)"
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate member {name!r}")
-        result[name] = value
-    return result
-
-
 def _json_segment(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(segment), object_pairs_hook=_no_duplicates)
+        value = json.loads(b64url_decode(segment), object_pairs_hook=no_duplicate_keys)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise _fail("malformed", f"token {what} is not base64url-encoded JSON") from None
     if not isinstance(value, dict):
