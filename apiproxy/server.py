@@ -240,16 +240,15 @@ class ProxyHandler:
             )
             active = ActiveWatch(principal, info, upstream)
             self.watches.add(active)
-            gauge = self.metrics.watches_active.labels(cluster, self._resource_label(info))
+            resource = self._resource_label(info)
+            gauge = self.metrics.watches_active.labels(cluster, resource)
             gauge.inc()
             try:
                 return await self._relay(request, ex, upstream, active)
             finally:
                 gauge.dec()
                 self.watches.discard(active)
-                self.metrics.watch_duration.labels(self._resource_label(info)).observe(
-                    time.monotonic() - active.started
-                )
+                self.metrics.watch_duration.labels(resource).observe(time.monotonic() - active.started)
                 _finish_upstream(upstream)
         finally:
             self.watch_slots.release(cluster)
