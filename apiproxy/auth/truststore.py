@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from cryptography import x509
 
 from apiproxy.auth.errors import KeyFormatError, TrustStoreError
 from apiproxy.auth.keys import VerificationKey, load_public_key_pem, parse_jwks
+from apiproxy.reload import Signature, file_signature
 
 #: Refuse trust inputs bigger than this (a Secret is at most 1 MiB anyway).
 MAX_INPUT_BYTES: Final = 4 * 1024 * 1024
@@ -228,17 +228,12 @@ class TrustSnapshotSource(Protocol):
     def refresh(self) -> bool: ...
 
 
-_Signature = tuple[tuple[int, int, int] | None, ...]
+_Signature = tuple[Signature | None, ...]
 
 
-def _stat(path: Path | None) -> tuple[int, int, int] | None:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)  # follows symlinks: kubelet's ..data swap changes the target inode
-    except OSError:
-        return (-1, -1, -1)
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+def _stat(path: Path | None) -> Signature | None:
+    """The file's signature (following kubelet's ``..data`` symlink swaps); None if unset or unreadable."""
+    return file_signature(path) if path is not None else None
 
 
 class TrustSource:
