@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from apiproxy import http1
 from apiproxy.audit import AuditLog, Exchange, audit_id
 from apiproxy.auth.principal import Principal
 from apiproxy.authn import Unauthorized
@@ -61,7 +62,7 @@ class ActiveWatch:
 
     principal: Principal
     info: RequestInfo
-    upstream: aiohttp.ClientResponse
+    upstream: http1.Response
     started: float = field(default_factory=time.monotonic)
     revoked: str | None = None
 
@@ -257,7 +258,7 @@ class ProxyHandler:
         self,
         request: web.BaseRequest,
         ex: Exchange,
-        upstream: aiohttp.ClientResponse,
+        upstream: http1.Response,
         active: ActiveWatch | None,
     ) -> web.StreamResponse:
         """Stream status, headers and body chunks back as they arrive; memory stays one chunk deep."""
@@ -307,7 +308,7 @@ class ProxyHandler:
         return response
 
     async def _relay_small(
-        self, ex: Exchange, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+        self, ex: Exchange, upstream: http1.Response, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
         try:
             body = await upstream.read()
@@ -448,7 +449,7 @@ class ProxyHandler:
             watch.revoke(why)
 
 
-def _finish_upstream(upstream: aiohttp.ClientResponse) -> None:
+def _finish_upstream(upstream: http1.Response) -> None:
     # Closing (not releasing) drops the upstream connection unless the body was read to the end, so a
     # client that went away never leaves a half-read stream in the pool.
     if upstream.content.is_eof():

@@ -16,9 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
+from aiohttp import ClientError
+from multidict import CIMultiDict
 from yarl import URL
 
+from apiproxy import http1
 from apiproxy.reload import Signature, file_signature
 from apiproxy.status import StatusError
 
@@ -121,139 +123,116 @@ class UpstreamSettings:
 
 
 class Upstream:
-    """The pooled client session to the apiserver and the error mapping for talking to it."""
+    """The keep-alive pool to the apiserver and the error mapping for talking to it."""
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         self.base = settings.url.rstrip("/")
+        url = URL(self.base)
+        if url.scheme not in ("http", "https") or not url.host or url.query_string or url.fragment:
+            raise ValueError(f"upstream URL must be http(s)://host[:port][/path]: {settings.url!r}")
+        self.host = url.host
+        #: An apiserver published under a path (behind another gateway) gets it before every target.
+        self.prefix = url.raw_path.rstrip("/")
+        self.port = url.port or (443 if url.scheme == "https" else 80)
         self.token = TokenSource(settings.token_file, check_interval=settings.token_check_interval)
         self.ssl_context = (
-            client_ssl_context(settings.ca_file, settings.tls_max_version)
-            if self.base.startswith("https")
-            else None
+            client_ssl_context(settings.ca_file, settings.tls_max_version) if url.scheme == "https" else None
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._short_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout, sock_read=settings.request_timeout
-        )
+        self._pool: http1.Pool | None = None
 
     async def start(self) -> None:
         self.token.refresh()
-        connector = aiohttp.TCPConnector(
+        self._pool = http1.Pool(
+            self.host,
+            self.port,
+            self.ssl_context,
             limit=self.settings.max_connections,
-            limit_per_host=0,
-            ssl=self.ssl_context if self.ssl_context is not None else False,
-            keepalive_timeout=30,
-            enable_cleanup_closed=True,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # bytes pass through unchanged, gzip included
-            read_bufsize=256 * 1024,  # large LISTs move in bigger pieces
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
+            connect_timeout=self.settings.connect_timeout,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     def reload_ca(self) -> None:
         """Trust the CA file as it is now; new connections use it (pooled ones finish as they are)."""
         if self.ssl_context is not None:
             self.ssl_context = client_ssl_context(self.settings.ca_file, self.settings.tls_max_version)
+            if self._pool is not None:
+                self._pool.ssl_context = self.ssl_context
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def pool(self) -> http1.Pool:
+        if self._pool is None:
             raise RuntimeError("Upstream.start() was not awaited")
-        return self._session
+        return self._pool
 
-    def url_for(self, target: str) -> URL:
-        """The upstream URL for exactly this raw path and query: no re-encoding, no normalisation."""
-        return URL(self.base + target, encoded=True)
-
-    def timeout_for(self, *, watch: bool, watch_timeout: float | None) -> aiohttp.ClientTimeout:
+    def read_timeout(self, *, watch: bool, watch_timeout: float | None) -> float | None:
+        """The longest silence tolerated before the request counts as failed."""
         if not watch:
-            return self._short_timeout
+            return self.settings.request_timeout
         # A watch may be silent for as long as it lives; bound the silence only when its life is bounded.
-        sock_read = watch_timeout + self.settings.request_timeout if watch_timeout else None
-        return aiohttp.ClientTimeout(
-            total=None, sock_connect=self.settings.connect_timeout, sock_read=sock_read
-        )
+        return watch_timeout + self.settings.request_timeout if watch_timeout else None
 
     async def open(
         self,
         method: str,
         target: str,
-        headers: Mapping[str, str],
+        headers: CIMultiDict[str] | Mapping[str, str],
         *,
         body: bytes | None = None,
         watch: bool = False,
         watch_timeout: float | None = None,
-    ) -> aiohttp.ClientResponse:
-        """Send the request and return once the response headers arrived.
+    ) -> http1.Response:
+        """Send the request (to exactly ``target``, as given) and return once the response headers arrived.
 
-        Failures before the response starts become ``StatusError`` (503 unreachable, 504 silent), with a
-        message that says what failed; the caller owns the returned response and must release it.
+        Failures before the response starts become ``UpstreamError`` (503 unreachable, 504 silent), with a
+        message that says what failed; the caller owns the returned response and must release or close it.
         """
         try:
-            return await self.session.request(
+            return await self.pool.request(
                 method,
-                self.url_for(target),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                ssl=self.ssl_context if self.ssl_context is not None else False,
-                timeout=self.timeout_for(watch=watch, watch_timeout=watch_timeout),
+                self.prefix + target,
+                headers.items(),
+                body=body,
+                read_timeout=self.read_timeout(watch=watch, watch_timeout=watch_timeout),
             )
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise UpstreamError(
-                503, "tls", f"cannot verify the upstream apiserver's certificate: {exc.certificate_error}"
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            reason = exc.strerror or exc.__class__.__name__
-            raise UpstreamError(
-                503, "connect", f"the upstream apiserver at {self.base} is unreachable: {reason}"
-            ) from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamError(
-                504, "timeout", f"the upstream apiserver did not answer within {self._silence(watch)}"
-            ) from exc
-        except aiohttp.ServerDisconnectedError as exc:
-            raise UpstreamError(
-                503, "disconnect", "the upstream apiserver closed the connection without answering"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(503, "protocol", f"the upstream apiserver request failed: {exc}") from exc
+        except http1.RequestFailed as exc:
+            raise self._error(exc, watch) from exc
 
-    def _silence(self, watch: bool) -> str:
-        if watch:
-            return "the watch timeout"
-        return f"{self.settings.request_timeout:g}s"
+    def _error(self, exc: http1.RequestFailed, watch: bool) -> UpstreamError:
+        kind = exc.kind
+        if kind == "tls":
+            return UpstreamError(503, kind, f"cannot verify the upstream apiserver's certificate: {exc}")
+        if kind == "connect":
+            return UpstreamError(503, kind, f"the upstream apiserver at {self.base} is unreachable: {exc}")
+        if kind == "timeout":
+            silence = "the watch timeout" if watch else f"{self.settings.request_timeout:g}s"
+            return UpstreamError(504, kind, f"the upstream apiserver did not answer within {silence}")
+        if kind == "disconnect":
+            return UpstreamError(503, kind, "the upstream apiserver closed the connection without answering")
+        return UpstreamError(503, kind, f"the upstream apiserver request failed: {exc}")
 
     async def check_ready(self, timeout: float = 2.0) -> str | None:
         """None when the apiserver answers ``/version`` with 200, else why not (for ``/readyz``)."""
         try:
             headers = {"Authorization": self.token.authorization(), "Accept": "application/json"}
             async with asyncio.timeout(timeout):
-                resp = await self.session.get(
-                    self.url_for("/version"),
-                    headers=headers,
-                    allow_redirects=False,
-                    ssl=self.ssl_context if self.ssl_context is not None else False,
-                )
-                async with resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        return f"upstream /version answered {resp.status}"
+                response = await self.open("GET", "/version", headers)
+                try:
+                    await response.read()
+                finally:
+                    response.close()
         except StatusError as exc:
             return exc.message
         except TimeoutError:
             return f"upstream /version did not answer within {timeout:g}s"
-        except aiohttp.ClientError as exc:
-            return f"upstream unreachable: {exc}"
+        except ClientError as exc:
+            return f"upstream /version broke off: {exc}"
+        if response.status != 200:
+            return f"upstream /version answered {response.status}"
         return None
 
 
