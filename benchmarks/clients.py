@@ -58,10 +58,18 @@ class Target:
 
 
 def run_wrk(
-    target: Target, path: str, *, connections: int, seconds: float, script: Path, cpus: set[int] | None
+    target: Target,
+    path: str,
+    *,
+    connections: int,
+    seconds: float,
+    script: Path,
+    cpus: set[int] | None,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Max throughput at fixed concurrency: one wrk thread, ``connections`` keep-alive connections."""
-    cmd = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s"]
+    """Max throughput at fixed concurrency: ``threads`` wrk threads (one unless told), ``connections``
+    keep-alive connections shared among them."""
+    cmd = [WRK, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s"]
     cmd += ["-s", str(script), target.base + path]
     env = {**os.environ, "BENCH_AUTH": target.authorization or ""}
 

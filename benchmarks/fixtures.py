@@ -123,8 +123,11 @@ def record(docroot: Path, *, scale: float, large_bytes: int, limit: int = 500) -
     return rec
 
 
-def nginx_config(workdir: Path, docroot: Path, port: int, cert: Path, key: Path, token: str) -> Path:
-    """A self-contained nginx.conf: foreground, one worker, every path under ``workdir``."""
+def nginx_config(
+    workdir: Path, docroot: Path, port: int, cert: Path, key: Path, token: str, *, workers: int = 1
+) -> Path:
+    """A self-contained nginx.conf: foreground, ``workers`` worker processes (one unless told), every path
+    under ``workdir`` (so two nginx need two workdirs)."""
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (workdir / f"nginx-{sub}").mkdir(parents=True, exist_ok=True)
     lists = "\n".join(
@@ -132,7 +135,7 @@ def nginx_config(workdir: Path, docroot: Path, port: int, cert: Path, key: Path,
         for plural, (path, *_rest) in BURST.items()
     )
     conf = f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 master_process on;
 pid {workdir}/nginx.pid;

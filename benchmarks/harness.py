@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import shutil
 import ssl
 import statistics
@@ -117,6 +118,9 @@ class Bench:
     recorded: fixtures.Recorded | None = None
     #: ``serve --workers`` for the proxy under test (1: a single process, as in a one-core pod).
     proxy_workers: int = 1
+    #: The CPUs of the whole-machine layout: the harness's own affinity before it pinned itself to the load
+    #: generators' CPU (children inherit that pin unless given this mask). None: leave as inherited.
+    machine_cpus: set[int] | None = None
     wrk_script: Path = field(init=False)
     notes: list[str] = field(default_factory=list)
 
@@ -129,15 +133,31 @@ class Bench:
 
     # --- processes ---
 
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        proc = procs.spawn(args, self.work / f"{name}.log", cpus=self.sut_cpus)
+    def spawn(self, name: str, args: list[str], *, unpinned: bool = False) -> subprocess.Popen[bytes]:
+        """Start a process of the run: on the system-under-test CPU, or (``unpinned``) on every CPU."""
+        cpus = self.machine_cpus if unpinned else self.sut_cpus
+        proc = procs.spawn(args, self.work / f"{name}.log", cpus=cpus)
         self.procs.append(proc)
         return proc
+
+    @contextlib.contextmanager
+    def scoped_procs(self) -> Iterator[None]:
+        """Stop the processes started inside the block when it ends, even on error."""
+        mark = len(self.procs)
+        try:
+            yield
+        finally:
+            for proc in reversed(self.procs[mark:]):
+                procs.stop_tree(proc)
+            del self.procs[mark:]
 
     def upstream_ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.box.upstream_tls.ca_file))
 
-    def proxy_args(self, upstream: str, port: int, metrics_port: int) -> list[str]:
+    def proxy_args(
+        self, upstream: str, port: int, metrics_port: int, workers: int | None = None
+    ) -> list[str]:
+        """``serve`` arguments; ``workers`` None: the run's ``proxy_workers``."""
         self.box.upstream = upstream
         known = {f.name for f in dataclasses.fields(Settings)}
         wanted: dict[str, Any] = {
@@ -151,7 +171,7 @@ class Bench:
             "rate_limit_burst": 1_000_000,
             "max_watches_per_cluster": 50_000,
             "max_connections": 50_000,
-            "workers": self.proxy_workers,
+            "workers": self.proxy_workers if workers is None else workers,
         }
         missing = sorted(set(wanted) - known)
         if missing:
@@ -159,9 +179,11 @@ class Bench:
         self.box.settings = {k: v for k, v in wanted.items() if k in known}
         return [procs.PYTHON, "-m", "apiproxy", "serve", *to_args(self.box.proxy_settings())]
 
-    def start_proxy(self, name: str, upstream: str) -> Target:
+    def start_proxy(
+        self, name: str, upstream: str, *, workers: int | None = None, unpinned: bool = False
+    ) -> Target:
         port, mport = procs.free_port(), procs.free_port()
-        proc = self.spawn(name, self.proxy_args(upstream, port, mport))
+        proc = self.spawn(name, self.proxy_args(upstream, port, mport, workers), unpinned=unpinned)
         token = self.box.clusters["alpha"].token
         return Target(
             "proxy",
@@ -169,7 +191,7 @@ class Bench:
             self.box.client_ssl(),
             f"Bearer {token}",
             proc.pid,
-            {"proc": proc, "metrics": f"http://127.0.0.1:{mport}/metrics"},
+            {"proc": proc, "metrics": f"http://127.0.0.1:{mport}/metrics", "port": port},
         )
 
     def kubeconfig(self, name: str, upstream: str) -> Path:
@@ -196,9 +218,11 @@ class Bench:
             f"--accept-paths={KUBECTL_ACCEPT_PATHS}",
         ]
 
-    def start_kubectl(self, name: str, upstream: str) -> Target:
+    def start_kubectl(self, name: str, upstream: str, *, unpinned: bool = False) -> Target:
         port = procs.free_port()
-        proc = self.spawn(name, self.kubectl_proxy_args(self.kubeconfig(name, upstream), port))
+        proc = self.spawn(
+            name, self.kubectl_proxy_args(self.kubeconfig(name, upstream), port), unpinned=unpinned
+        )
         return Target("kubectl", f"http://127.0.0.1:{port}", None, None, proc.pid, {"proc": proc})
 
     def start(self) -> None:
@@ -247,9 +271,48 @@ class Bench:
         self.targets = [direct, proxy, kubectl]
         self.watch_targets = [w_direct, w_proxy, w_kubectl]
 
+    def start_machine(self, workers: int) -> list[Target]:
+        """A second set for the whole-machine layout, every process unpinned: an nginx with ``workers``
+        worker processes (same recorded docroot), a proxy with ``--workers workers``, a kubectl proxy.
+        Stop them with ``scoped_procs``."""
+        assert self.recorded is not None
+        token = self.box.upstream_token
+        workdir = self.work / "machine"
+        workdir.mkdir(exist_ok=True)
+        port = procs.free_port()
+        conf = fixtures.nginx_config(
+            workdir,
+            self.recorded.docroot,
+            port,
+            self.box.upstream_tls.cert_file,
+            self.box.upstream_tls.key_file,
+            token,
+            workers=workers,
+        )
+        nginx = self.spawn(
+            "nginx-machine", [NGINX, "-c", str(conf), "-e", str(workdir / "nginx-error.log")], unpinned=True
+        )
+        upstream = f"https://127.0.0.1:{port}"
+        auth = {"Authorization": f"Bearer {token}"}
+        procs.wait_ready(upstream + "/version", self.upstream_ssl(), nginx, headers=auth)
+        direct = Target("direct", upstream, self.upstream_ssl(), f"Bearer {token}", None, {"proc": nginx})
+        proxy = self.start_proxy("proxy-machine", upstream, workers=workers, unpinned=True)
+        kubectl = self.start_kubectl("kubectl-proxy-machine", upstream, unpinned=True)
+        procs.wait_ready(proxy.base + "/readyz", proxy.ssl, proxy.extra["proc"])
+        procs.wait_ready(kubectl.base + "/version", None, kubectl.extra["proc"])
+        # /readyz answers as soon as one worker listens; wait for all of them (one socket each).
+        deadline = time.monotonic() + 30
+        while (listening := procs.listening_sockets(proxy.extra["port"])) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"proxy --workers {workers}: only {listening} listening after 30 s")
+            if proxy.extra["proc"].poll() is not None:
+                raise RuntimeError(f"proxy --workers {workers} exited with {proxy.extra['proc'].returncode}")
+            time.sleep(0.02)
+        return [direct, proxy, kubectl]
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            procs.stop(proc)
+            procs.stop_tree(proc)
         self.procs.clear()
 
 
@@ -303,6 +366,58 @@ def small_get_throughput(b: Bench) -> dict[str, Any]:
         if t.pid and cpu0 is not None:
             fig["cpu_percent"] = round((procs.cpu_seconds(t.pid) - cpu0) / p.get_seconds * 100, 1)
         out[t.name] = fig
+    out["ratios"] = ratios(out, "rps")
+    return out
+
+
+def small_get_machine(b: Bench) -> dict[str, Any]:
+    """small_get_throughput's load on the whole machine: its own nginx, proxy (``--workers`` one per CPU)
+    and kubectl proxy, none pinned, and wrk with two threads, also unpinned."""
+    p = b.params
+    workers = os.cpu_count() or 1
+    threads = 2
+    out: dict[str, Any] = {
+        "path": fixtures.SMALL_GET_PATH,
+        "connections": p.get_connections,
+        "layout": "unpinned",
+        "proxy_workers": workers,
+        "nginx_workers": workers,
+        "wrk_threads": threads,
+        "cpus": sorted(b.machine_cpus) if b.machine_cpus else "any",
+    }
+    with b.scoped_procs():
+        targets = b.start_machine(workers)
+        nginx = targets[0].extra["proc"]
+
+        def wrk(t: Target, seconds: float) -> dict[str, Any]:
+            return run_wrk(
+                t,
+                fixtures.SMALL_GET_PATH,
+                connections=p.get_connections,
+                seconds=seconds,
+                script=b.wrk_script,
+                cpus=b.machine_cpus,
+                threads=threads,
+            )
+
+        for t in targets:
+            if p.warmup_seconds:
+                wrk(t, p.warmup_seconds)
+            box = procs.process_tree(t.pid) if t.pid else []
+            upstream = procs.process_tree(nginx.pid)
+            box0, up0 = procs.cpu_seconds_of(box), procs.cpu_seconds_of(upstream)
+            load0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once reaped
+            fig = wrk(t, p.get_seconds)
+            load1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if box:
+                used = procs.cpu_seconds_used(box0, procs.cpu_seconds_of(box))
+                fig["cpu_percent"] = round(used / p.get_seconds * 100, 1)
+                fig["processes"] = len(box)
+            used = procs.cpu_seconds_used(up0, procs.cpu_seconds_of(upstream))
+            fig["upstream_cpu_percent"] = round(used / p.get_seconds * 100, 1)
+            wrk_cpu = load1.ru_utime + load1.ru_stime - load0.ru_utime - load0.ru_stime
+            fig["wrk_cpu_percent"] = round(wrk_cpu / p.get_seconds * 100, 1)
+            out[t.name] = fig
     out["ratios"] = ratios(out, "rps")
     return out
 
@@ -545,6 +660,7 @@ def policy_scenario(b: Bench) -> dict[str, Any]:
 
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "small_get_throughput": small_get_throughput,
+    "small_get_machine": small_get_machine,
     "small_get_latency": small_get_latency,
     "large_list": large_list_scenario,
     "watches": watches_scenario,
@@ -661,7 +777,19 @@ def main(argv: list[str] | None = None) -> int:
     load_cpus, sut_cpus = (None, None) if args.no_pin else pinning()
     work = Path(tempfile.mkdtemp(prefix="apiproxy-bench-"))
     work.chmod(0o755)  # nginx's worker (www-data when started as root) reads the docroot
-    bench = Bench(work, params, load_cpus, sut_cpus, proxy_workers=args.proxy_workers)
+    bench = Bench(
+        work,
+        params,
+        load_cpus,
+        sut_cpus,
+        proxy_workers=args.proxy_workers,
+        machine_cpus=os.sched_getaffinity(0),
+    )
+    if args.no_pin and (not args.only or "small_get_throughput" in args.only):
+        bench.notes.append(
+            "--no-pin: small_get_throughput ran unpinned, so its figures and its 'per core' target are not "
+            "per core in this run"
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()

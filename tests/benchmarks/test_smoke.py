@@ -56,6 +56,7 @@ def test_every_scenario_produced_figures(result: dict, name: str) -> None:
     ("name", "figure"),
     [
         ("small_get_throughput", "rps"),
+        ("small_get_machine", "rps"),
         ("small_get_latency", "p99_ms"),
         ("large_list", "MBps"),
         ("watches", "event_p99_ms"),
@@ -76,6 +77,28 @@ def test_proxy_memory_and_watch_figures(result: dict) -> None:
     assert watches["opened"] == watches["requested"]
     for key in ("idle_rss_MiB", "idle_fds", "idle_cpu_percent", "event_count"):
         assert key in watches
+
+
+def test_whole_machine_layout_and_middlebox_cpu(result: dict) -> None:
+    machine = result["doc"]["scenarios"]["small_get_machine"]
+    assert machine["layout"] == "unpinned"
+    assert machine["proxy_workers"] == (os.cpu_count() or 1)
+    assert machine["wrk_threads"] == 2
+    for target in ("proxy", "kubectl"):
+        assert isinstance(machine[target]["cpu_percent"], int | float), machine[target]
+    # CPU summed over the supervisor and its workers (a single process when there is one CPU).
+    workers = machine["proxy_workers"]
+    assert machine["proxy"]["processes"] >= (workers + 1 if workers > 1 else 1)
+
+
+def test_throughput_target_in_both_layouts(result: dict) -> None:
+    rows = {row["target"]: row for row in result["doc"]["targets"]}
+    per_core = rows["small GET rps proxy/kubectl, per core"]
+    machine = rows["small GET rps proxy/kubectl, whole machine"]
+    for row in (per_core, machine):
+        assert row["bound"] == ">= 1.5"
+        assert isinstance(row["value"], int | float)
+    assert "whole machine (proxy --workers" in result["stdout"]
 
 
 def test_targets_table_json_and_plots(result: dict) -> None:
