@@ -149,6 +149,24 @@ class Response:
 class Connection(asyncio.Protocol):
     """One connection to the upstream, with at most one request in flight."""
 
+    __slots__ = (
+        "closed",
+        "idle_since",
+        "loop",
+        "parser",
+        "pool",
+        "read_timeout",
+        "reading_paused",
+        "reads",
+        "reads_at_check",
+        "reads_at_send",
+        "requests",
+        "response",
+        "timer",
+        "transport",
+        "waiter",
+    )
+
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.loop = pool.loop
@@ -378,11 +396,12 @@ class Pool:
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
+        self._sweep_every = max(keepalive / 2, 0.5)
         self.idle: collections.deque[Connection] = collections.deque()
         self.count = 0  # connections open or being opened
         self.waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
         self.closing = False
-        self._sweeper = self.loop.call_later(keepalive / 2, self._sweep)
+        self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     async def request(
         self,
@@ -526,7 +545,7 @@ class Pool:
         while idle and now - idle[0].idle_since > self.keepalive:
             idle.popleft()._kill(graceful=True)
         if not self.closing:
-            self._sweeper = self.loop.call_later(self.keepalive / 2, self._sweep)
+            self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
 
 def _fail_body(content: StreamReader, exc: BaseException, cause: BaseException | None) -> None:
