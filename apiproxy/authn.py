@@ -111,10 +111,14 @@ class Authenticator:
             raise Unauthorized(exc) from exc
 
     def _authenticate(self, request: web.BaseRequest) -> Principal:
-        cert = peer_certificate(request)
-        if cert is None and self._require_channel_cert:
-            raise AuthenticationError("missing", "a client certificate is required")
-        cert_principal = self.peers.identify(cert) if cert is not None and self._use_certificates else None
+        cert_principal = None
+        if self._use_certificates or self._require_channel_cert:
+            # Only looked at when it can matter: encoding the certificate costs on every request.
+            cert = peer_certificate(request)
+            if cert is None and self._require_channel_cert:
+                raise AuthenticationError("missing", "a client certificate is required")
+            if cert is not None and self._use_certificates:
+                cert_principal = self.peers.identify(cert)
         token = request_token(request)
         token_principal = self.verifier.verify(token) if token is not None else None
         return combine(cert_principal, token_principal)

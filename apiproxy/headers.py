@@ -8,6 +8,7 @@ never copied.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Final
 
@@ -88,8 +89,11 @@ def upstream_request_headers(incoming: CIMultiDictProxy[str] | CIMultiDict[str])
     return out
 
 
+_PRINTABLE_ASCII: Final = re.compile(r"[\t\x20-\x7e]*")
+
+
 def _printable_ascii(value: str) -> bool:
-    return value.isascii() and all(" " <= c <= "~" or c == "\t" for c in value)
+    return _PRINTABLE_ASCII.fullmatch(value) is not None
 
 
 def client_response_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
