@@ -271,10 +271,11 @@ class Bench:
         self.targets = [direct, proxy, kubectl]
         self.watch_targets = [w_direct, w_proxy, w_kubectl]
 
-    def start_machine(self, workers: int) -> list[Target]:
+    def start_machine(self, workers: int, proxy_workers: int | None = None) -> list[Target]:
         """A second set for the whole-machine layout, every process unpinned: an nginx with ``workers``
-        worker processes (same recorded docroot), a proxy with ``--workers workers``, a kubectl proxy.
-        Stop them with ``scoped_procs``."""
+        worker processes (same recorded docroot), a proxy with ``--workers proxy_workers`` (None: as
+        many as nginx), a kubectl proxy. Stop them with ``scoped_procs``."""
+        proxy_workers = workers if proxy_workers is None else proxy_workers
         assert self.recorded is not None
         token = self.box.upstream_token
         workdir = self.work / "machine"
@@ -296,17 +297,18 @@ class Bench:
         auth = {"Authorization": f"Bearer {token}"}
         procs.wait_ready(upstream + "/version", self.upstream_ssl(), nginx, headers=auth)
         direct = Target("direct", upstream, self.upstream_ssl(), f"Bearer {token}", None, {"proc": nginx})
-        proxy = self.start_proxy("proxy-machine", upstream, workers=workers, unpinned=True)
+        proxy = self.start_proxy("proxy-machine", upstream, workers=proxy_workers, unpinned=True)
         kubectl = self.start_kubectl("kubectl-proxy-machine", upstream, unpinned=True)
         procs.wait_ready(proxy.base + "/readyz", proxy.ssl, proxy.extra["proc"])
         procs.wait_ready(kubectl.base + "/version", None, kubectl.extra["proc"])
         # /readyz answers as soon as one worker listens; wait for all of them (one socket each).
         deadline = time.monotonic() + 30
-        while (listening := procs.listening_sockets(proxy.extra["port"])) < workers:
+        while (listening := procs.listening_sockets(proxy.extra["port"])) < proxy_workers:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"proxy --workers {workers}: only {listening} listening after 30 s")
+                raise RuntimeError(f"proxy --workers {proxy_workers}: only {listening} listening after 30 s")
             if proxy.extra["proc"].poll() is not None:
-                raise RuntimeError(f"proxy --workers {workers} exited with {proxy.extra['proc'].returncode}")
+                code = proxy.extra["proc"].returncode
+                raise RuntimeError(f"proxy --workers {proxy_workers} exited with {code}")
             time.sleep(0.02)
         return [direct, proxy, kubectl]
 
@@ -354,7 +356,10 @@ def small_get_throughput(b: Bench) -> dict[str, Any]:
                 script=b.wrk_script,
                 cpus=b.load_cpus,
             )
-        cpu0 = procs.cpu_seconds(t.pid) if t.pid else None
+        # The middlebox's CPU summed over its process tree (the supervisor and workers of
+        # ``--proxy-workers N``; a single process otherwise).
+        box = procs.process_tree(t.pid) if t.pid else []
+        box0 = procs.cpu_seconds_of(box)
         fig = run_wrk(
             t,
             fixtures.SMALL_GET_PATH,
@@ -363,8 +368,10 @@ def small_get_throughput(b: Bench) -> dict[str, Any]:
             script=b.wrk_script,
             cpus=b.load_cpus,
         )
-        if t.pid and cpu0 is not None:
-            fig["cpu_percent"] = round((procs.cpu_seconds(t.pid) - cpu0) / p.get_seconds * 100, 1)
+        if box:
+            used = procs.cpu_seconds_used(box0, procs.cpu_seconds_of(box))
+            fig["cpu_percent"] = round(used / p.get_seconds * 100, 1)
+            fig["processes"] = len(box)
         out[t.name] = fig
     out["ratios"] = ratios(out, "rps")
     return out
@@ -457,31 +464,67 @@ class RssSampler:
         self._thread.join(2)
 
 
-def large_list_scenario(b: Bench) -> dict[str, Any]:
+def _large_list_figures(b: Bench, t: Target) -> dict[str, Any]:
+    """One target's large LIST: a warm-up LIST, then ``large_rounds`` LISTs read to the end (best and
+    median MB/s); for a target with a pid (the middlebox), its RSS before, peak (``VmHWM``, reset before
+    the rounds) and growth, and the highest RSS sampled every 50 ms."""
     p = b.params
     assert b.recorded is not None
-    out: dict[str, Any] = {"bytes": b.recorded.large_list_bytes, "rounds": p.large_rounds}
+    run_async(large_list(t, fixtures.LARGE_LIST_PATH))  # warm-up: pools, buffers
+    fig: dict[str, Any] = {}
+    if t.pid:
+        fig["rss_before_MiB"] = round(procs.status_kib(t.pid, "VmRSS") / 1024, 1)
+        fig["peak_reset"] = procs.reset_peak_rss(t.pid)
+    rates = []
+    with RssSampler(t.pid) as sampler:
+        for _ in range(p.large_rounds):
+            size, secs = run_async(large_list(t, fixtures.LARGE_LIST_PATH))
+            if size != b.recorded.large_list_bytes:
+                raise RuntimeError(f"{t.name}: LIST gave {size} bytes, not {b.recorded.large_list_bytes}")
+            rates.append(size / secs / 1e6)
+    fig["MBps"] = round(max(rates), 1)
+    fig["MBps_median"] = round(statistics.median(rates), 1)
+    if t.pid:
+        peak = procs.status_kib(t.pid, "VmHWM")
+        fig["peak_rss_MiB"] = round(peak / 1024, 1)
+        fig["rss_growth_MiB"] = round(peak / 1024 - fig["rss_before_MiB"], 1)
+        fig["sampled_max_rss_MiB"] = round(max(sampler.samples, default=0) / 1024, 1)
+    return fig
+
+
+def large_list_scenario(b: Bench) -> dict[str, Any]:
+    assert b.recorded is not None
+    out: dict[str, Any] = {"bytes": b.recorded.large_list_bytes, "rounds": b.params.large_rounds}
     for t in b.targets:
-        run_async(large_list(t, fixtures.LARGE_LIST_PATH))  # warm-up: pools, buffers
-        fig: dict[str, Any] = {}
-        if t.pid:
-            fig["rss_before_MiB"] = round(procs.status_kib(t.pid, "VmRSS") / 1024, 1)
-            fig["peak_reset"] = procs.reset_peak_rss(t.pid)
-        rates = []
-        with RssSampler(t.pid) as sampler:
-            for _ in range(p.large_rounds):
-                size, secs = run_async(large_list(t, fixtures.LARGE_LIST_PATH))
-                if size != b.recorded.large_list_bytes:
-                    raise RuntimeError(f"{t.name}: LIST gave {size} bytes, not {b.recorded.large_list_bytes}")
-                rates.append(size / secs / 1e6)
-        fig["MBps"] = round(max(rates), 1)
-        fig["MBps_median"] = round(statistics.median(rates), 1)
-        if t.pid:
-            peak = procs.status_kib(t.pid, "VmHWM")
-            fig["peak_rss_MiB"] = round(peak / 1024, 1)
-            fig["rss_growth_MiB"] = round(peak / 1024 - fig["rss_before_MiB"], 1)
-            fig["sampled_max_rss_MiB"] = round(max(sampler.samples, default=0) / 1024, 1)
-        out[t.name] = fig
+        out[t.name] = _large_list_figures(b, t)
+    out["ratios"] = ratios(out, "MBps")
+    return out
+
+
+def large_list_machine(b: Bench) -> dict[str, Any]:
+    """large_list's LISTs on the whole machine: its own nginx (one worker per CPU), proxy and kubectl
+    proxy, none pinned, and the LIST client (this process) unpinned while it reads. One LIST is one
+    connection, so the proxy runs a single process (``--workers 1``): more workers would not help, and
+    its RSS is that one process's."""
+    assert b.recorded is not None
+    nginx_workers = os.cpu_count() or 1
+    proxy_workers = 1
+    out: dict[str, Any] = {
+        "bytes": b.recorded.large_list_bytes,
+        "rounds": b.params.large_rounds,
+        "layout": "unpinned",
+        "proxy_workers": proxy_workers,
+        "nginx_workers": nginx_workers,
+        "cpus": sorted(b.machine_cpus) if b.machine_cpus else "any",
+    }
+    with b.scoped_procs():
+        targets = b.start_machine(nginx_workers, proxy_workers=proxy_workers)
+        # The harness is pinned to the load generators' CPU; widen it (this thread, and the RSS sampler's
+        # thread started from it) for the reads, and restore the pin after.
+        with pinned(b.machine_cpus):
+            out["client_cpus"] = sorted(os.sched_getaffinity(0))
+            for t in targets:
+                out[t.name] = _large_list_figures(b, t)
     out["ratios"] = ratios(out, "MBps")
     return out
 
@@ -663,6 +706,7 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "small_get_machine": small_get_machine,
     "small_get_latency": small_get_latency,
     "large_list": large_list_scenario,
+    "large_list_machine": large_list_machine,
     "watches": watches_scenario,
     "istiod_burst": burst_scenario,
     "cold_start": cold_start_scenario,
@@ -763,8 +807,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         metavar="N",
-        help="run the proxy with --workers N (try with --no-pin; RSS and CPU figures then cover the "
-        "supervisor only)",
+        help="run the proxy with --workers N (try with --no-pin; small_get_throughput's CPU%% then sums the "
+        "supervisor and its workers, the other CPU and RSS figures cover the supervisor only)",
     )
     args = parser.parse_args(argv)
 

@@ -59,6 +59,7 @@ def test_every_scenario_produced_figures(result: dict, name: str) -> None:
         ("small_get_machine", "rps"),
         ("small_get_latency", "p99_ms"),
         ("large_list", "MBps"),
+        ("large_list_machine", "MBps"),
         ("watches", "event_p99_ms"),
         ("istiod_burst", "seconds"),
     ],
@@ -72,7 +73,9 @@ def test_load_scenarios_measured_every_target(result: dict, name: str, figure: s
 
 def test_proxy_memory_and_watch_figures(result: dict) -> None:
     scenarios = result["doc"]["scenarios"]
-    assert "rss_growth_MiB" in scenarios["large_list"]["proxy"]
+    for name in ("large_list", "large_list_machine"):
+        for key in ("MBps_median", "rss_before_MiB", "peak_rss_MiB", "rss_growth_MiB"):
+            assert key in scenarios[name]["proxy"], (name, key)
     watches = scenarios["watches"]["proxy"]
     assert watches["opened"] == watches["requested"]
     for key in ("idle_rss_MiB", "idle_fds", "idle_cpu_percent", "event_count"):
@@ -91,6 +94,22 @@ def test_whole_machine_layout_and_middlebox_cpu(result: dict) -> None:
     assert machine["proxy"]["processes"] >= (workers + 1 if workers > 1 else 1)
 
 
+def test_large_list_whole_machine_layout(result: dict) -> None:
+    machine = result["doc"]["scenarios"]["large_list_machine"]
+    assert machine["layout"] == "unpinned"
+    assert machine["proxy_workers"] == 1
+    assert machine["nginx_workers"] == (os.cpu_count() or 1)
+    # The LIST client (the harness) read unpinned: on every CPU it started with.
+    assert machine["client_cpus"] == machine["cpus"]
+    assert machine["rounds"] == result["doc"]["scenarios"]["large_list"]["rounds"]
+
+
+def test_small_get_middlebox_cpu_over_its_processes(result: dict) -> None:
+    proxy = result["doc"]["scenarios"]["small_get_throughput"]["proxy"]
+    assert isinstance(proxy["cpu_percent"], int | float)
+    assert proxy["processes"] >= 1
+
+
 def test_throughput_target_in_both_layouts(result: dict) -> None:
     rows = {row["target"]: row for row in result["doc"]["targets"]}
     per_core = rows["small GET rps proxy/kubectl, per core"]
@@ -99,6 +118,18 @@ def test_throughput_target_in_both_layouts(result: dict) -> None:
         assert row["bound"] == ">= 1.5"
         assert isinstance(row["value"], int | float)
     assert "whole machine (proxy --workers" in result["stdout"]
+
+
+def test_large_list_target_in_both_layouts(result: dict) -> None:
+    rows = {row["target"]: row for row in result["doc"]["targets"]}
+    per_core = rows["large LIST MB/s proxy/direct, per core"]
+    machine = rows["large LIST MB/s proxy/direct, whole machine"]
+    for row in (per_core, machine):
+        assert row["bound"] == ">= 0.8"
+        assert isinstance(row["value"], int | float)
+    assert machine["layout"] == "unpinned"
+    assert machine["proxy_workers"] == 1
+    assert "large LIST MB/s (best), whole machine" in result["stdout"]
 
 
 def test_targets_table_json_and_plots(result: dict) -> None:
