@@ -7,6 +7,7 @@ accounts for every request once, when it ends (metrics and one audit record).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -266,7 +267,7 @@ class ProxyHandler:
         headers = client_response_headers(upstream.headers.items())
         length = upstream.content_length
         if active is None and length is not None and length <= SMALL_BODY_BYTES:
-            return await self._relay_small(ex, upstream, headers)
+            return await self._relay_small(request, ex, upstream, headers)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if length is not None:
             response.content_length = upstream.content_length
@@ -293,10 +294,14 @@ class ProxyHandler:
                         return response
                 else:
                     await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            # Writing to a client that is gone (aiohttp's reset error is also a ClientConnectionError, so
+            # this comes first: it is not the upstream's failure).
+            ex.reason = "the client went away"
+            return response
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            if active is not None and active.revoked is not None:
-                ex.reason = f"ended by the proxy: {active.revoked}"
-            else:
+            if active is None or active.revoked is None:
                 # The upstream broke off mid-body. Do not pretend the body is complete: drop the client's
                 # connection without a terminating chunk, exactly as a dying apiserver would.
                 ex.reason = "the upstream broke off the response"
@@ -304,11 +309,13 @@ class ProxyHandler:
                 log.warning("upstream stream broke off for %s: %r", ex.audit_id, exc)
                 _abort(request)
                 return response
-        await response.write_eof()
+            ex.reason = f"ended by the proxy: {active.revoked}"
+            with contextlib.suppress(ConnectionResetError):
+                await response.write_eof()  # a clean end of the stream: the client watches again
         return response
 
     async def _relay_small(
-        self, ex: Exchange, upstream: http1.Response, headers: CIMultiDict[str]
+        self, request: web.BaseRequest, ex: Exchange, upstream: http1.Response, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
         try:
             body = await upstream.read()
@@ -322,6 +329,12 @@ class ProxyHandler:
         response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
         if self.shutting_down:
             response.force_close()
+        # Sent here, in one write, so the client has its answer before the request is accounted for.
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            ex.reason = "the client went away"
         return response
 
     # -- refusals and accounting ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from apiproxy.sandbox import Sandbox, write_trust_file
@@ -102,6 +103,11 @@ async def healthy(box: Sandbox, upstream: RawUpstream | None = None) -> None:
     assert response.status == 200, response.body[:300]
     if upstream is not None:
         assert response.body == K8S_LIST
+
+
+async def metrics_text(box: Sandbox) -> str:
+    async with aiohttp.ClientSession() as session, session.get(box.metrics_url + "/metrics") as resp:
+        return await resp.text()
 
 
 def assert_status(response: RawResponse, code: int) -> dict[str, Any]:
@@ -392,6 +398,51 @@ async def test_stalled_client_is_cut_after_a_timeout(tmp_path: Path, boxes: list
         await eventually(lambda: upstream.open_connections == 0, timeout=6)
     finally:
         writer.transport.abort()
+
+
+async def test_client_hanging_up_mid_body_is_not_an_upstream_failure(
+    tmp_path: Path, boxes: list[Any]
+) -> None:
+    """A client that goes away mid-stream ends the relay quietly: audited as the client's doing, never
+    counted as the upstream breaking off (which is what alerts fire on)."""
+    release = asyncio.Event()
+
+    async def slow_stream(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n")
+        writer.write(b"\r\n20\r\n" + b"x" * 32 + b"\r\n")
+        await writer.drain()
+        await release.wait()
+        for _ in range(64):
+            writer.write(b"4000\r\n" + b"z" * 0x4000 + b"\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return False
+
+    upstream = RawUpstream(placeholder_ssl(), behaviour=slow_stream)
+    box = await start_box(tmp_path, upstream)
+    boxes.append(box)
+    fds = open_fds()
+    target = "/api/v1/namespaces/streaming/pods"
+    reader, writer = await connect(box)
+    writer.write(request_bytes(box, target))
+    async with asyncio.timeout(READ_DEADLINE):
+        status, _ = parse_head(await read_head(reader))
+        assert status.split(" ")[1] == "200"
+        assert await reader.read(1)  # the first chunk is on its way
+    writer.transport.abort()
+    release.set()
+
+    def audited() -> list[dict[str, Any]]:
+        return [r for r in box.audit_records() if r.get("target") == target]
+
+    [record] = await eventually(audited)
+    assert record["reason"] == "the client went away", record
+    assert record["decision"] == "allow"
+    text = await metrics_text(box)
+    assert 'apiproxy_upstream_errors_total{kind="stream"}' not in text
+    upstream.behaviour = answer
+    await healthy(box, upstream)
+    await no_leaks(upstream, fds)
 
 
 async def test_thousands_of_connections_opened_and_dropped(tmp_path: Path, boxes: list[Any]) -> None:
