@@ -37,6 +37,9 @@ def server_ssl_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     ctx.set_alpn_protocols(["http/1.1"])
+    # No TLS 1.3 session tickets: Kubernetes clients do not resume sessions, so each ticket is CPU and a
+    # write for nothing on every handshake (and watches reconnect by the thousand).
+    ctx.num_tickets = 0
     ctx.load_cert_chain(str(cert_file), str(key_file))
     if client_ca:
         ctx.load_verify_locations(cadata=client_ca.decode("ascii"))
