@@ -472,11 +472,9 @@ def _finish_upstream(upstream: http1.Response) -> None:
 
 
 def _peer(request: web.BaseRequest) -> str:
-    transport = request.transport
-    peer: Any = transport.get_extra_info("peername") if transport is not None else None
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return ""
+    # The socket's own peer address (aiohttp reads it once per connection); forwarding headers are
+    # never believed.
+    return request.remote or ""
 
 
 def _abort(request: web.BaseRequest) -> None:
