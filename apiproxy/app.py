@@ -19,6 +19,7 @@ from apiproxy.auth.principal import Principal
 from apiproxy.auth.secretsource import SecretTrustSource, kubernetes_stream
 from apiproxy.auth.truststore import TrustSnapshotSource, TrustSource, TrustStore
 from apiproxy.authn import Authenticator, insecure_authenticator
+from apiproxy.memory import Glibc, HeapTrimmer
 from apiproxy.metrics import Metrics
 from apiproxy.policy import Policy, parse_policy
 from apiproxy.reload import Reloader, WatchedFile, WatchedFiles
@@ -327,7 +328,8 @@ async def start(settings: Settings) -> Proxy:
         upstream_ca_watch = WatchedFiles("upstream CA", [upstream_ca_file], upstream_ca_changed)
         upstream_ca_watch.on_result = reloaded("upstream_ca")
         reloader.add(upstream_ca_watch)
-    reloader.add(_Tick(audit, lambda: metrics.set_token_age(upstream.token.loaded_at)))
+    trimmer = HeapTrimmer(Glibc.load())
+    reloader.add(_Tick(audit, lambda: metrics.set_token_age(upstream.token.loaded_at), trimmer))
     reloader.start()
 
     proxy = Proxy(settings, handler, upstream, reloader, policy, tls, metrics, audit, trust, authenticator)
@@ -360,18 +362,24 @@ async def start(settings: Settings) -> Proxy:
 
 
 class _Tick:
-    """Work done on every reload tick: push out the batched audit records, refresh the token-age gauge."""
+    """Work done on every reload tick: push out the batched audit records, refresh the token-age gauge,
+    and hand free memory back to the OS after a burst."""
 
     name = "periodic housekeeping"
 
-    def __init__(self, audit: AuditLog | None, refresh_gauges: Callable[[], None]) -> None:
+    def __init__(
+        self, audit: AuditLog | None, refresh_gauges: Callable[[], None], trimmer: HeapTrimmer | None = None
+    ) -> None:
         self.audit = audit
         self.refresh_gauges = refresh_gauges
+        self.trimmer = trimmer
 
     def refresh(self) -> bool:
         if self.audit is not None:
             self.audit.flush()
         self.refresh_gauges()
+        if self.trimmer is not None:
+            self.trimmer.maybe_trim()
         return False
 
 
