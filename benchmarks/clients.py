@@ -153,26 +153,56 @@ class RawConnection:
         self.writer.close()
 
 
-async def fixed_rate(
-    target: Target, path: str, *, rate: float, seconds: float, pool: int = 16
-) -> dict[str, Any]:
-    """Open-loop load at ``rate`` requests/s; latency counts from the *scheduled* send time, so a stall
-    shows up in the figures instead of silently delaying the next request (no coordinated omission)."""
-    idle: list[RawConnection] = [await RawConnection.open(target) for _ in range(2)]
-    for conn in idle:  # warm: TLS sessions, upstream pools
-        for _ in range(20):
-            conn.send(target, path)
-            await conn.body((await conn.head())[1])
+@dataclass
+class KeepAlivePool:
+    """Keep-alive connections to one target for one path, kept across ``fixed_rate`` runs (on one event
+    loop): ``warm`` opens the first ones; a run opens more while all are busy, at most ``limit`` more over
+    the pool's life, and puts every connection back when its answer is read."""
+
+    target: Target
+    path: str
+    limit: int = 16
+    idle: list[RawConnection] = field(default_factory=list)
+    opened: int = 0  # beyond the warm ones
+
+    async def warm(self, connections: int = 2, requests: int = 20) -> None:
+        """Open ``connections`` and send ``requests`` on each: TLS sessions, the middlebox's upstream pool."""
+        conns = [await RawConnection.open(self.target) for _ in range(connections)]
+        self.idle.extend(conns)
+        for conn in conns:
+            for _ in range(requests):
+                conn.send(self.target, self.path)
+                await conn.body((await conn.head())[1])
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+@dataclass
+class FixedRateRun:
+    """One ``fixed_rate`` run: latencies in seconds from each request's scheduled send time."""
+
+    latencies: list[float]
+    requests: int
+    errors: int
+
+
+async def fixed_rate(pool: KeepAlivePool, *, rate: float, seconds: float) -> FixedRateRun:
+    """Open-loop load at ``rate`` requests/s for ``seconds`` on ``pool``'s connections; latency counts
+    from the *scheduled* send time, so a stall shows up in the figures instead of silently delaying the
+    next request (no coordinated omission). Returns when every request has been answered."""
+    target, path, idle = pool.target, pool.path, pool.idle
     latencies: list[float] = []
     errors = 0
-    opened = 0
 
     async def one(scheduled: float) -> None:
-        nonlocal errors, opened
+        nonlocal errors
         if idle:
             conn = idle.pop()
-        elif opened < pool:
-            opened += 1
+        elif pool.opened < pool.limit:
+            pool.opened += 1
             conn = await RawConnection.open(target)
         else:
             errors += 1
@@ -200,9 +230,17 @@ async def fixed_rate(
         tasks.append(asyncio.ensure_future(one(scheduled)))
     async with asyncio.timeout(30):
         await asyncio.gather(*tasks)
-    for conn in idle:
-        conn.close()
-    return summarize_ms(latencies) | {"requests": total, "errors": errors, "samples_ms": _ms(latencies)}
+    return FixedRateRun(latencies, total, errors)
+
+
+def fixed_rate_figures(runs: list[FixedRateRun]) -> dict[str, Any]:
+    """The figures of one or more runs, their samples pooled: percentiles, counts and the raw samples."""
+    latencies = [x for run in runs for x in run.latencies]
+    return summarize_ms(latencies) | {
+        "requests": sum(run.requests for run in runs),
+        "errors": sum(run.errors for run in runs),
+        "samples_ms": _ms(latencies),
+    }
 
 
 def _ms(values: list[float]) -> list[float]:

@@ -33,7 +33,19 @@ from apiproxy.kubeconfig import render_kubeconfig
 from apiproxy.sandbox import Sandbox
 from apiproxy.settings import Settings, to_args
 from benchmarks import auth_bench, fixtures, policy_bench, procs, report
-from benchmarks.clients import Target, WatchClients, fixed_rate, large_list, paged_list, run_wrk, session
+from benchmarks.clients import (
+    FixedRateRun,
+    KeepAlivePool,
+    Target,
+    WatchClients,
+    fixed_rate,
+    fixed_rate_figures,
+    large_list,
+    paged_list,
+    run_wrk,
+    session,
+    summarize_ms,
+)
 
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 KUBECTL = os.environ.get("KUBECTL", "/usr/bin/kubectl")
@@ -62,7 +74,8 @@ class Params:
     get_seconds: float = 10
     get_connections: int = 32
     rate: float = 200
-    rate_seconds: float = 10
+    rate_seconds: float = 10  # per target, split into rate_rounds interleaved rounds
+    rate_rounds: int = 5
     large_mb: float = 50
     large_rounds: int = 3
     watches: int = 10_000
@@ -83,6 +96,7 @@ class Params:
             p = cls(
                 get_seconds=1,
                 rate_seconds=1,
+                rate_rounds=2,
                 large_mb=2,
                 large_rounds=1,
                 watches=50,
@@ -429,14 +443,65 @@ def small_get_machine(b: Bench) -> dict[str, Any]:
     return out
 
 
+async def _latency_rounds(
+    targets: list[Target], path: str, *, rate: float, rounds: int, round_seconds: float
+) -> tuple[dict[str, list[FixedRateRun]], dict[str, int], list[list[str]]]:
+    """``rounds`` rounds of ``fixed_rate`` over ``targets`` in turn, round ``i`` starting with target
+    ``i mod len(targets)``; one keep-alive pool per target, warmed once, for all the rounds. Returns the
+    runs per target, the connections each pool opened, and each round's order."""
+    pools = [KeepAlivePool(t, path) for t in targets]
+    runs: dict[str, list[FixedRateRun]] = {t.name: [] for t in targets}
+    orders: list[list[str]] = []
+    try:
+        for pool in pools:
+            await pool.warm()
+        warm = {pool.target.name: len(pool.idle) for pool in pools}
+        for i in range(rounds):
+            k = i % len(pools)
+            order = pools[k:] + pools[:k]
+            orders.append([pool.target.name for pool in order])
+            for pool in order:
+                runs[pool.target.name].append(await fixed_rate(pool, rate=rate, seconds=round_seconds))
+        connections = {pool.target.name: warm[pool.target.name] + pool.opened for pool in pools}
+    finally:
+        for pool in pools:
+            pool.close()
+    return runs, connections, orders
+
+
 def small_get_latency(b: Bench) -> dict[str, Any]:
+    """Fixed-rate latency, the targets interleaved in time: ``rate_rounds`` rounds, each measuring every
+    target for ``rate_seconds / rate_rounds`` in turn (the order rotated every round), so a drift of the
+    machine spreads over all the targets instead of biasing one. Percentiles are over each target's
+    samples of all the rounds; the per-round p50s show the noise."""
     p = b.params
-    out: dict[str, Any] = {"rate": p.rate, "seconds": p.rate_seconds}
+    rounds = max(1, p.rate_rounds)
+    round_seconds = p.rate_seconds / rounds
+    runs, connections, orders = run_async(
+        _latency_rounds(
+            b.targets, fixtures.SMALL_GET_PATH, rate=p.rate, rounds=rounds, round_seconds=round_seconds
+        )
+    )
+    out: dict[str, Any] = {
+        "rate": p.rate,
+        "seconds": p.rate_seconds,
+        "rounds": rounds,
+        "round_seconds": round(round_seconds, 3),
+        "round_order": orders,
+    }
     for t in b.targets:
-        out[t.name] = run_async(fixed_rate(t, fixtures.SMALL_GET_PATH, rate=p.rate, seconds=p.rate_seconds))
+        fig = fixed_rate_figures(runs[t.name])
+        fig["round_p50_ms"] = [summarize_ms(run.latencies)["p50_ms"] for run in runs[t.name]]
+        fig["connections"] = connections[t.name]
+        out[t.name] = fig
     for q in ("p50_ms", "p90_ms", "p99_ms"):
         out[f"added_{q}"] = round(out["proxy"][q] - out["direct"][q], 4)
         out[f"kubectl_added_{q}"] = round(out["kubectl"][q] - out["direct"][q], 4)
+    direct = out["direct"]["round_p50_ms"]
+    for prefix, name in (("", "proxy"), ("kubectl_", "kubectl")):
+        added = [round(x - d, 4) for x, d in zip(out[name]["round_p50_ms"], direct, strict=True)]
+        out[f"{prefix}added_p50_ms_rounds"] = added
+        out[f"{prefix}added_p50_ms_spread"] = {"min": min(added), "max": max(added)}
     out["ratios"] = ratios(out, "p50_ms")
     return out
 
@@ -584,8 +649,6 @@ async def _watch_one(b: Bench, t: Target, count: int) -> dict[str, Any]:
         await asyncio.sleep(1.0)  # stragglers
         fig["events_sent"], fig["events_received"] = fired["sent"], clients.events
         lat = sorted(x / 1e9 for x in clients.latencies_ns)
-        from benchmarks.clients import summarize_ms
-
         fig.update({f"event_{k}": v for k, v in summarize_ms(lat).items()})
         fig["event_samples_ms"] = [round(x * 1000, 3) for x in lat]
     finally:

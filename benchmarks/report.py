@@ -156,6 +156,12 @@ def table(doc: dict[str, Any]) -> str:
             f"p99 {lat['added_p99_ms']:+.3f} ms; kubectl p50 {lat['kubectl_added_p50_ms']:+.3f} ms, "
             f"p99 {lat['kubectl_added_p99_ms']:+.3f} ms"
         )
+    if "added_p50_ms_spread" in lat:
+        px, kc = lat["added_p50_ms_spread"], lat["kubectl_added_p50_ms_spread"]
+        lines.append(
+            f"added p50 per round ({lat['rounds']} interleaved rounds of {lat['round_seconds']:g} s): "
+            f"proxy {px['min']:+.3f} to {px['max']:+.3f} ms, kubectl {kc['min']:+.3f} to {kc['max']:+.3f} ms"
+        )
     w = sc.get("watches", {})
     if "added_event_p50_ms" in w:
         lines.append(

@@ -71,6 +71,27 @@ def test_load_scenarios_measured_every_target(result: dict, name: str, figure: s
     assert set(scenario["ratios"]) == {"proxy/direct", "proxy/kubectl"}
 
 
+def test_small_get_latency_rounds_recorded(result: dict) -> None:
+    latency = result["doc"]["scenarios"]["small_get_latency"]
+    rounds = latency["rounds"]
+    assert rounds >= 2
+    # Every target in every round, round i starting with target i mod 3.
+    assert len(latency["round_order"]) == rounds
+    for i, order in enumerate(latency["round_order"]):
+        assert sorted(order) == sorted(TARGETS)
+        assert order[0] == TARGETS[i % len(TARGETS)]
+    for target in TARGETS:
+        per_round = latency[target]["round_p50_ms"]
+        assert len(per_round) == rounds
+        assert all(isinstance(x, int | float) for x in per_round)
+    for prefix in ("", "kubectl_"):
+        assert len(latency[f"{prefix}added_p50_ms_rounds"]) == rounds
+        assert set(latency[f"{prefix}added_p50_ms_spread"]) == {"min", "max"}
+    for key in ("added_p50_ms", "added_p90_ms", "added_p99_ms", "kubectl_added_p50_ms"):
+        assert isinstance(latency[key], int | float), key
+    assert "added p50 per round" in result["stdout"]
+
+
 def test_proxy_memory_and_watch_figures(result: dict) -> None:
     scenarios = result["doc"]["scenarios"]
     for name in ("large_list", "large_list_machine"):
