@@ -51,6 +51,8 @@ READ_LIMIT = 2**17
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 #: How long an unused connection stays open (kube-apiserver's Go server keeps idle ones much longer).
 KEEPALIVE_SECONDS = 30.0
+#: Most unused connections kept open; each holds a TLS session and buffers, on both ends.
+MAX_IDLE = 32
 
 
 class RequestFailed(Exception):
@@ -373,7 +375,8 @@ class Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Keep-alive connections to one origin, at most ``limit`` of them (0: unbounded)."""
+    """Keep-alive connections to one origin: at most ``limit`` open (0: unbounded), at most ``max_idle`` of
+    them unused."""
 
     def __init__(
         self,
@@ -384,6 +387,7 @@ class Pool:
         limit: int = 0,
         connect_timeout: float = 5.0,
         keepalive: float = KEEPALIVE_SECONDS,
+        max_idle: int = MAX_IDLE,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.host = host
@@ -394,6 +398,7 @@ class Pool:
         literal = f"[{host}]" if ":" in host else host
         self.host_header = literal if port == default_port else f"{literal}:{port}"
         self.limit = limit
+        self.max_idle = max_idle
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
         self._sweep_every = max(keepalive / 2, 0.5)
@@ -523,6 +528,9 @@ class Pool:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
+        if len(self.idle) >= self.max_idle:
+            conn._kill(graceful=True)  # after a burst, keep a few warm connections, not all of them
+            return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
 

@@ -946,6 +946,29 @@ async def test_concurrent_requests_use_separate_connections(start: Start) -> Non
     assert (pool.count, len(pool.idle)) == (2, 2)
 
 
+async def test_only_a_few_idle_connections_are_kept_after_a_burst(start: Start) -> None:
+    """After a burst, the pool keeps ``max_idle`` warm connections and closes the rest at once: each idle
+    one holds a TLS session and buffers in the proxy and in the apiserver."""
+    go = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await go.wait()
+            await peer.send(OK)
+
+    upstream, pool = await start(handler, max_idle=2)
+    tasks = [asyncio.create_task(pool.request("GET", f"/{i}", [], read_timeout=DEADLINE)) for i in range(5)]
+    await eventually(lambda: len(upstream.requests) == 5)
+    go.set()
+    for response in await asyncio.gather(*tasks):
+        assert await response.read() == b"hello"
+    assert (pool.count, len(pool.idle)) == (2, 2)
+    await eventually(lambda: sum(peer.eof.is_set() for peer in upstream.peers) == 3)
+    # The kept ones still serve.
+    assert await (await pool.request("GET", "/", [], read_timeout=DEADLINE)).read() == b"hello"
+    assert len(upstream.peers) == 5
+
+
 # ---- the connection limit ---------------------------------------------------------------------------------
 
 
