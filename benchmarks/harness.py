@@ -71,7 +71,8 @@ T = TypeVar("T")
 
 @dataclass
 class Params:
-    get_seconds: float = 10
+    get_seconds: float = 10  # per target, split into get_rounds interleaved rounds
+    get_rounds: int = 5
     get_connections: int = 32
     rate: float = 200
     rate_seconds: float = 10  # per target, split into rate_rounds interleaved rounds
@@ -95,6 +96,7 @@ class Params:
         if quick:
             p = cls(
                 get_seconds=1,
+                get_rounds=2,
                 rate_seconds=1,
                 rate_rounds=2,
                 large_mb=2,
@@ -357,43 +359,131 @@ def ratios(per_target: dict[str, Any], key: str) -> dict[str, float | None]:
 # --- scenarios ---
 
 
+@dataclass
+class _WrkTally:
+    """One target's wrk rounds added up, and the CPU seconds read around each round."""
+
+    requests: int = 0
+    bytes: int = 0
+    errors: int = 0
+    seconds: float = 0.0  # wrk's measured durations
+    round_rps: list[float] = field(default_factory=list)
+    round_p50_ms: list[float] = field(default_factory=list)
+    round_p99_ms: list[float] = field(default_factory=list)
+    box_cpu: float = 0.0
+    upstream_cpu: float = 0.0
+    load_cpu: float = 0.0
+
+    def figures(self) -> dict[str, Any]:
+        """The figures run_wrk gives for one run, over all the rounds: rates from the summed counts and
+        durations, p50/p99 the median of the per-round values."""
+        secs = self.seconds
+        return {
+            "rps": round(self.requests / secs, 1) if secs else None,
+            "requests": self.requests,
+            "errors": self.errors,
+            "MBps": round(self.bytes / secs / 1e6, 2) if secs else None,
+            "p50_ms": round(statistics.median(self.round_p50_ms), 4),
+            "p99_ms": round(statistics.median(self.round_p99_ms), 4),
+            "measured_seconds": round(secs, 3),
+            "round_rps": self.round_rps,
+            "round_p50_ms": self.round_p50_ms,
+            "round_p99_ms": self.round_p99_ms,
+        }
+
+    def percent(self, cpu_seconds: float) -> float | None:
+        return round(cpu_seconds / self.seconds * 100, 1) if self.seconds else None
+
+
+def _wrk_rounds(
+    p: Params,
+    targets: list[Target],
+    wrk: Callable[[Target, float], dict[str, Any]],
+    upstream: int | None = None,
+) -> tuple[dict[str, Any], dict[str, _WrkTally]]:
+    """small-GET throughput with the targets interleaved in time: a warm-up of ``warmup_seconds`` per
+    target, once, then ``get_rounds`` rounds, each running ``wrk`` on every target for
+    ``get_seconds / get_rounds`` in turn, round ``i`` starting with target ``i mod len(targets)``. Around
+    each round, the CPU seconds of the target's middlebox (its process tree), of ``upstream``'s process
+    tree if given, and of reaped children (wrk) are read and summed. Returns the scenario's figures and
+    each target's tally."""
+    rounds = max(1, p.get_rounds)
+    round_seconds = p.get_seconds / rounds
+    if p.warmup_seconds:
+        for t in targets:
+            wrk(t, p.warmup_seconds)
+    # The middlebox's CPU summed over its process tree (the supervisor and workers of ``--workers N``; a
+    # single process otherwise).
+    boxes = {t.name: procs.process_tree(t.pid) if t.pid else [] for t in targets}
+    up_tree = procs.process_tree(upstream) if upstream else []
+    tallies = {t.name: _WrkTally() for t in targets}
+    orders: list[list[str]] = []
+    for i in range(rounds):
+        k = i % len(targets)
+        order = targets[k:] + targets[:k]
+        orders.append([t.name for t in order])
+        for t in order:
+            tally, box = tallies[t.name], boxes[t.name]
+            box0, up0 = procs.cpu_seconds_of(box), procs.cpu_seconds_of(up_tree)
+            load0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once reaped
+            fig = wrk(t, round_seconds)
+            load1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            tally.box_cpu += procs.cpu_seconds_used(box0, procs.cpu_seconds_of(box))
+            tally.upstream_cpu += procs.cpu_seconds_used(up0, procs.cpu_seconds_of(up_tree))
+            tally.load_cpu += load1.ru_utime + load1.ru_stime - load0.ru_utime - load0.ru_stime
+            tally.requests += fig["requests"]
+            tally.bytes += fig["bytes"]
+            tally.errors += fig["errors"]
+            tally.seconds += fig["seconds"]
+            tally.round_rps.append(fig["rps"])
+            tally.round_p50_ms.append(fig["p50_ms"])
+            tally.round_p99_ms.append(fig["p99_ms"])
+    out: dict[str, Any] = {
+        "seconds": p.get_seconds,
+        "warmup_seconds": p.warmup_seconds,
+        "rounds": rounds,
+        "round_seconds": round(round_seconds, 3),
+        "round_order": orders,
+    }
+    for t in targets:
+        out[t.name] = tallies[t.name].figures()
+        if boxes[t.name]:
+            out[t.name]["cpu_percent"] = tallies[t.name].percent(tallies[t.name].box_cpu)
+            out[t.name]["processes"] = len(boxes[t.name])
+    out["ratios"] = ratios(out, "rps")
+    if "proxy" in tallies and "kubectl" in tallies:
+        pairs = zip(tallies["proxy"].round_rps, tallies["kubectl"].round_rps, strict=True)
+        per_round = [round(x / y, 3) if y else None for x, y in pairs]
+        out["ratio_rounds"] = per_round
+        known = [x for x in per_round if x is not None]
+        out["ratio_spread"] = {"min": min(known), "max": max(known)} if known else None
+    return out, tallies
+
+
 def small_get_throughput(b: Bench) -> dict[str, Any]:
+    """Max throughput of the small GET with wrk, pinned (a core each for load and system under test), the
+    targets interleaved in rounds (see ``_wrk_rounds``)."""
     p = b.params
-    out: dict[str, Any] = {"path": fixtures.SMALL_GET_PATH, "connections": p.get_connections}
-    for t in b.targets:
-        if p.warmup_seconds:
-            run_wrk(
-                t,
-                fixtures.SMALL_GET_PATH,
-                connections=p.get_connections,
-                seconds=p.warmup_seconds,
-                script=b.wrk_script,
-                cpus=b.load_cpus,
-            )
-        # The middlebox's CPU summed over its process tree (the supervisor and workers of
-        # ``--proxy-workers N``; a single process otherwise).
-        box = procs.process_tree(t.pid) if t.pid else []
-        box0 = procs.cpu_seconds_of(box)
-        fig = run_wrk(
+
+    def wrk(t: Target, seconds: float) -> dict[str, Any]:
+        return run_wrk(
             t,
             fixtures.SMALL_GET_PATH,
             connections=p.get_connections,
-            seconds=p.get_seconds,
+            seconds=seconds,
             script=b.wrk_script,
             cpus=b.load_cpus,
         )
-        if box:
-            used = procs.cpu_seconds_used(box0, procs.cpu_seconds_of(box))
-            fig["cpu_percent"] = round(used / p.get_seconds * 100, 1)
-            fig["processes"] = len(box)
-        out[t.name] = fig
-    out["ratios"] = ratios(out, "rps")
+
+    out: dict[str, Any] = {"path": fixtures.SMALL_GET_PATH, "connections": p.get_connections}
+    out.update(_wrk_rounds(p, b.targets, wrk)[0])
     return out
 
 
 def small_get_machine(b: Bench) -> dict[str, Any]:
     """small_get_throughput's load on the whole machine: its own nginx, proxy (``--workers`` one per CPU)
-    and kubectl proxy, none pinned, and wrk with two threads, also unpinned."""
+    and kubectl proxy, none pinned, and wrk with two threads, also unpinned; the targets interleaved in
+    rounds as there, with the upstream's and wrk's CPU% per target as well."""
     p = b.params
     workers = os.cpu_count() or 1
     threads = 2
@@ -421,25 +511,11 @@ def small_get_machine(b: Bench) -> dict[str, Any]:
                 threads=threads,
             )
 
-        for t in targets:
-            if p.warmup_seconds:
-                wrk(t, p.warmup_seconds)
-            box = procs.process_tree(t.pid) if t.pid else []
-            upstream = procs.process_tree(nginx.pid)
-            box0, up0 = procs.cpu_seconds_of(box), procs.cpu_seconds_of(upstream)
-            load0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once reaped
-            fig = wrk(t, p.get_seconds)
-            load1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if box:
-                used = procs.cpu_seconds_used(box0, procs.cpu_seconds_of(box))
-                fig["cpu_percent"] = round(used / p.get_seconds * 100, 1)
-                fig["processes"] = len(box)
-            used = procs.cpu_seconds_used(up0, procs.cpu_seconds_of(upstream))
-            fig["upstream_cpu_percent"] = round(used / p.get_seconds * 100, 1)
-            wrk_cpu = load1.ru_utime + load1.ru_stime - load0.ru_utime - load0.ru_stime
-            fig["wrk_cpu_percent"] = round(wrk_cpu / p.get_seconds * 100, 1)
-            out[t.name] = fig
-    out["ratios"] = ratios(out, "rps")
+        figures, tallies = _wrk_rounds(p, targets, wrk, upstream=nginx.pid)
+    out.update(figures)
+    for name, tally in tallies.items():
+        out[name]["upstream_cpu_percent"] = tally.percent(tally.upstream_cpu)
+        out[name]["wrk_cpu_percent"] = tally.percent(tally.load_cpu)
     return out
 
 

@@ -149,6 +149,14 @@ def table(doc: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     for label, (d, p, k), rd, rk in rows:
         lines.append(f"{label:<{width}} {_fmt(d):>10} {_fmt(p):>10} {_fmt(k):>10} {rd:>9} {rk:>10}")
+    for scenario, where in (("small_get_throughput", "per core"), ("small_get_machine", "whole machine")):
+        get = sc.get(scenario, {})
+        if isinstance(get.get("ratio_spread"), dict):
+            spread = get["ratio_spread"]
+            lines.append(
+                f"small GET req/s proxy/kubectl per round, {where} ({get['rounds']} interleaved rounds of "
+                f"{get['round_seconds']:g} s): {spread['min']:.2f} to {spread['max']:.2f}"
+            )
     lat = sc.get("small_get_latency", {})
     if "added_p50_ms" in lat:
         lines.append(

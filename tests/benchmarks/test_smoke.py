@@ -92,6 +92,30 @@ def test_small_get_latency_rounds_recorded(result: dict) -> None:
     assert "added p50 per round" in result["stdout"]
 
 
+@pytest.mark.parametrize("name", ["small_get_throughput", "small_get_machine"])
+def test_small_get_throughput_rounds_recorded(result: dict, name: str) -> None:
+    scenario = result["doc"]["scenarios"][name]
+    rounds = scenario["rounds"]
+    assert rounds >= 2
+    # Every target in every round, round i starting with target i mod 3.
+    assert len(scenario["round_order"]) == rounds
+    for i, order in enumerate(scenario["round_order"]):
+        assert sorted(order) == sorted(TARGETS)
+        assert order[0] == TARGETS[i % len(TARGETS)]
+    for target in TARGETS:
+        fig = scenario[target]
+        for key in ("round_rps", "round_p50_ms", "round_p99_ms"):
+            assert len(fig[key]) == rounds, (target, key)
+            assert all(isinstance(x, int | float) for x in fig[key]), (target, key)
+        assert isinstance(fig["measured_seconds"], int | float)
+        assert isinstance(fig["requests"], int)
+    assert len(scenario["ratio_rounds"]) == rounds
+    assert set(scenario["ratio_spread"]) == {"min", "max"}
+    assert isinstance(scenario["ratios"]["proxy/kubectl"], int | float)
+    where = "per core" if name == "small_get_throughput" else "whole machine"
+    assert f"small GET req/s proxy/kubectl per round, {where}" in result["stdout"]
+
+
 def test_proxy_memory_and_watch_figures(result: dict) -> None:
     scenarios = result["doc"]["scenarios"]
     for name in ("large_list", "large_list_machine"):
@@ -110,6 +134,9 @@ def test_whole_machine_layout_and_middlebox_cpu(result: dict) -> None:
     assert machine["wrk_threads"] == 2
     for target in ("proxy", "kubectl"):
         assert isinstance(machine[target]["cpu_percent"], int | float), machine[target]
+    for target in TARGETS:
+        for key in ("upstream_cpu_percent", "wrk_cpu_percent"):
+            assert isinstance(machine[target][key], int | float), (target, key)
     # CPU summed over the supervisor and its workers (a single process when there is one CPU).
     workers = machine["proxy_workers"]
     assert machine["proxy"]["processes"] >= (workers + 1 if workers > 1 else 1)
