@@ -328,11 +328,6 @@ async def start(settings: Settings) -> Proxy:
         upstream_ca_watch = WatchedFiles("upstream CA", [upstream_ca_file], upstream_ca_changed)
         upstream_ca_watch.on_result = reloaded("upstream_ca")
         reloader.add(upstream_ca_watch)
-    trimmer = HeapTrimmer(Glibc.load())
-    reloader.add(_Tick(audit, lambda: metrics.set_token_age(upstream.token.loaded_at), trimmer))
-    reloader.start()
-
-    proxy = Proxy(settings, handler, upstream, reloader, policy, tls, metrics, audit, trust, authenticator)
     server = ProxyServer(
         handler,
         max_connections=settings.max_connections,
@@ -342,6 +337,16 @@ async def start(settings: Settings) -> Proxy:
         max_line_size=settings.max_header_bytes,
         max_field_size=settings.max_header_bytes,
     )
+    tick = _Tick(
+        audit,
+        lambda: metrics.set_token_age(upstream.token.loaded_at),
+        HeapTrimmer(Glibc.load()),
+        lambda: server.open_connections,
+    )
+    reloader.add(tick)
+    reloader.start()
+
+    proxy = Proxy(settings, handler, upstream, reloader, policy, tls, metrics, audit, trust, authenticator)
     proxy.runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_grace)
     await proxy.runner.setup()
     host, port = parse_listen(settings.listen)
@@ -363,23 +368,28 @@ async def start(settings: Settings) -> Proxy:
 
 class _Tick:
     """Work done on every reload tick: push out the batched audit records, refresh the token-age gauge,
-    and hand free memory back to the OS after a burst."""
+    and hand free memory back to the OS once a burst of connections has ended."""
 
     name = "periodic housekeeping"
 
     def __init__(
-        self, audit: AuditLog | None, refresh_gauges: Callable[[], None], trimmer: HeapTrimmer | None = None
+        self,
+        audit: AuditLog | None,
+        refresh_gauges: Callable[[], None],
+        trimmer: HeapTrimmer | None = None,
+        connections: Callable[[], int] = lambda: 0,
     ) -> None:
         self.audit = audit
         self.refresh_gauges = refresh_gauges
         self.trimmer = trimmer
+        self.connections = connections
 
     def refresh(self) -> bool:
         if self.audit is not None:
             self.audit.flush()
         self.refresh_gauges()
         if self.trimmer is not None:
-            self.trimmer.maybe_trim()
+            self.trimmer.maybe_trim(self.connections())
         return False
 
 

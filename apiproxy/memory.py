@@ -3,9 +3,10 @@
 glibc's allocator keeps freed memory for reuse instead of returning it. After a burst (remote istiods
 restarting at once: hundreds of connections, each with TLS buffers of up to 256 KiB and a body in
 flight), the proxy's RSS would stay at its peak long after those connections are gone, which is what a
-memory limit and an operator's dashboard see. ``malloc_trim`` returns the free pages; it costs a walk
-of the heap (about 20 ms to return 220 MB, under 1 ms when there is little to return), so it runs only
-when the allocator holds a lot of free memory, and not more often than every half minute.
+memory limit and an operator's dashboard see. ``malloc_trim`` returns the free pages, but it walks the
+whole heap while the event loop waits (15-20 ms on a heap fragmented by 100,000 free chunks, whether or
+not there is anything to return; so does ``mallinfo2``, which could have told how much is free). So it
+runs only when a burst of connections has just ended, and not more often than every half minute.
 
 Elsewhere than glibc (musl, macOS) this does nothing.
 """
@@ -23,39 +24,15 @@ from typing import Protocol
 log = logging.getLogger("apiproxy.memory")
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
 class Allocator(Protocol):
-    def free_bytes(self) -> int:
-        """Bytes the allocator holds free (and could return)."""
-
     def trim(self) -> None:
         """Return free memory to the operating system."""
 
 
 class Glibc:
-    """glibc's ``mallinfo2`` and ``malloc_trim`` (glibc ≥ 2.33)."""
+    """glibc's ``malloc_trim``."""
 
     def __init__(self, libc: ctypes.CDLL) -> None:
-        self._mallinfo2 = libc.mallinfo2
-        self._mallinfo2.restype = _MallInfo2
-        self._mallinfo2.argtypes = []
         self._malloc_trim = libc.malloc_trim
         self._malloc_trim.restype = ctypes.c_int
         self._malloc_trim.argtypes = [ctypes.c_size_t]
@@ -64,47 +41,48 @@ class Glibc:
     def load(cls) -> Glibc | None:
         try:
             return cls(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"))
-        except (OSError, AttributeError):  # not glibc, or too old for mallinfo2
+        except (OSError, AttributeError):  # no C library found, or not glibc
             return None
-
-    def free_bytes(self) -> int:
-        return int(self._mallinfo2().fordblks)
 
     def trim(self) -> None:
         self._malloc_trim(0)
 
 
 class HeapTrimmer:
-    """Calls ``trim`` when more than ``threshold`` bytes sit free, at most every ``interval`` seconds."""
+    """Trims once a burst of connections has ended: at least ``burst`` fewer open than at the peak since
+    the last trim, and at most half that peak; and at most every ``interval`` seconds."""
 
     def __init__(
         self,
         allocator: Allocator | None,
         *,
-        threshold: int = 64 * 1024 * 1024,
+        burst: int = 64,
         interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.allocator = allocator
-        self.threshold = threshold
+        self.burst = burst
         self.interval = interval
         self._clock = clock
+        self._peak = 0
         self._next = 0.0
 
-    def maybe_trim(self) -> bool:
-        """Trim if it is worth it; True when a trim ran."""
+    def maybe_trim(self, connections: int) -> bool:
+        """Called periodically with the connections open now; True when a trim ran."""
         if self.allocator is None:
+            return False
+        self._peak = max(self._peak, connections)
+        if self._peak - connections < self.burst or connections > self._peak // 2:
             return False
         now = self._clock()
         if now < self._next:
             return False
         self._next = now + self.interval
-        if self.allocator.free_bytes() < self.threshold:
-            return False
+        self._peak = connections
         rss_before, started = resident_bytes(), time.perf_counter()
         self.allocator.trim()
         log.debug(
-            "returned %.1f MiB to the OS in %.1f ms",
+            "a burst of connections ended: returned %.1f MiB to the OS in %.1f ms",
             (rss_before - resident_bytes()) / 2**20,
             (time.perf_counter() - started) * 1000,
         )

@@ -498,6 +498,10 @@ class ProxyServer(web.Server):
         self._max = max_connections
         self._open = 0
 
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
     def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
         self._open += 1

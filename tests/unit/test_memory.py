@@ -1,4 +1,4 @@
-"""Handing free heap back to the OS after a burst."""
+"""Handing free heap back to the OS once a burst of connections has ended."""
 
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ MiB = 2**20
 
 
 class FakeAllocator:
-    def __init__(self, free: int) -> None:
-        self.free = free
+    def __init__(self) -> None:
         self.trims = 0
-
-    def free_bytes(self) -> int:
-        return self.free
 
     def trim(self) -> None:
         self.trims += 1
@@ -29,40 +25,58 @@ class Clock:
         return self.now
 
 
-def test_trims_only_when_much_is_free() -> None:
-    allocator, clock = FakeAllocator(free=10 * MiB), Clock()
-    trimmer = HeapTrimmer(allocator, threshold=64 * MiB, interval=30, clock=clock)
-    assert not trimmer.maybe_trim()
-    allocator.free = 200 * MiB
-    clock.now += 30
-    assert trimmer.maybe_trim()
-    assert allocator.trims == 1
+def trimmer() -> tuple[HeapTrimmer, FakeAllocator, Clock]:
+    allocator, clock = FakeAllocator(), Clock()
+    return HeapTrimmer(allocator, burst=64, interval=30, clock=clock), allocator, clock
 
 
-def test_trims_at_most_once_per_interval() -> None:
-    """A trim walks the whole heap: never on every tick, however much stays free."""
-    allocator, clock = FakeAllocator(free=500 * MiB), Clock()
-    trimmer = HeapTrimmer(allocator, threshold=64 * MiB, interval=30, clock=clock)
-    assert trimmer.maybe_trim()
-    for _ in range(29):
+def test_steady_load_never_trims() -> None:
+    """A trim stalls the event loop for a heap walk: never while the load just goes on."""
+    t, allocator, clock = trimmer()
+    for connections in [200, 190, 210, 180, 205, 150, 220] * 20:
         clock.now += 1
-        assert not trimmer.maybe_trim()
-    clock.now += 1
-    assert trimmer.maybe_trim()
+        t.maybe_trim(connections)
+    assert allocator.trims == 0
+
+
+def test_trims_once_when_a_burst_ends() -> None:
+    t, allocator, clock = trimmer()
+    for connections in [5, 40, 300, 320, 250, 100, 20, 8, 8, 8]:
+        clock.now += 1
+        t.maybe_trim(connections)
+    assert allocator.trims == 1  # at 100 (<= 320 / 2 and 220 below the peak), and not again after
+
+
+def test_small_swings_do_not_count_as_bursts() -> None:
+    t, allocator, clock = trimmer()
+    for connections in [10, 60, 9, 62, 8]:
+        clock.now += 1
+        t.maybe_trim(connections)
+    assert allocator.trims == 0
+
+
+def test_at_most_once_per_interval() -> None:
+    t, allocator, clock = trimmer()
+    for connections in [300, 0, 300, 0, 300, 0]:
+        clock.now += 5
+        t.maybe_trim(connections)
+    assert allocator.trims == 1
+    clock.now += 30
+    t.maybe_trim(0)
     assert allocator.trims == 2
 
 
 def test_without_glibc_nothing_happens() -> None:
-    assert not HeapTrimmer(None).maybe_trim()
+    assert not HeapTrimmer(None).maybe_trim(0)
 
 
 glibc = Glibc.load()
 
 
-@pytest.mark.skipif(glibc is None, reason="needs glibc's mallinfo2 and malloc_trim")
+@pytest.mark.skipif(glibc is None, reason="needs glibc's malloc_trim")
 def test_freed_burst_memory_returns_to_the_os() -> None:
-    """What the proxy sees after a burst: many large buffers freed between small live objects (so the
-    heap cannot just shrink from the top) stay resident until trimmed."""
+    """What the proxy sees after a burst: many buffers freed between small live objects (so the heap
+    cannot just shrink from the top) stay resident until trimmed."""
     assert glibc is not None
     keep: list[bytes] = []
     burst: list[bytearray] = []
@@ -72,9 +86,9 @@ def test_freed_burst_memory_returns_to_the_os() -> None:
         burst.append(bytearray(96 * 1024))
         keep.append(bytes(4096))
     burst.clear()
-    free = glibc.free_bytes()
-    assert free >= 32 * MiB, free
     before = resident_bytes()
-    assert HeapTrimmer(glibc, threshold=32 * MiB, interval=0).maybe_trim()
+    trimmer = HeapTrimmer(glibc, burst=64, interval=0)
+    trimmer.maybe_trim(700)
+    assert trimmer.maybe_trim(0)
     assert before - resident_bytes() >= 32 * MiB
     del keep
