@@ -464,20 +464,28 @@ def small_get_throughput(b: Bench) -> dict[str, Any]:
     """Max throughput of the small GET with wrk, pinned (a core each for load and system under test), the
     targets interleaved in rounds (see ``_wrk_rounds``)."""
     p = b.params
+    out: dict[str, Any] = {"path": fixtures.SMALL_GET_PATH, "connections": p.get_connections}
+    out.update(_wrk_rounds(p, b.targets, _small_get_wrk(b, b.load_cpus))[0])
+    return out
+
+
+def _small_get_wrk(
+    b: Bench, cpus: set[int] | None, threads: int = 1
+) -> Callable[[Target, float], dict[str, Any]]:
+    """wrk on the small GET with the run's connections and script: ``(target, seconds) -> figures``."""
 
     def wrk(t: Target, seconds: float) -> dict[str, Any]:
         return run_wrk(
             t,
             fixtures.SMALL_GET_PATH,
-            connections=p.get_connections,
+            connections=b.params.get_connections,
             seconds=seconds,
             script=b.wrk_script,
-            cpus=b.load_cpus,
+            cpus=cpus,
+            threads=threads,
         )
 
-    out: dict[str, Any] = {"path": fixtures.SMALL_GET_PATH, "connections": p.get_connections}
-    out.update(_wrk_rounds(p, b.targets, wrk)[0])
-    return out
+    return wrk
 
 
 def small_get_machine(b: Bench) -> dict[str, Any]:
@@ -499,18 +507,7 @@ def small_get_machine(b: Bench) -> dict[str, Any]:
     with b.scoped_procs():
         targets = b.start_machine(workers)
         nginx = targets[0].extra["proc"]
-
-        def wrk(t: Target, seconds: float) -> dict[str, Any]:
-            return run_wrk(
-                t,
-                fixtures.SMALL_GET_PATH,
-                connections=p.get_connections,
-                seconds=seconds,
-                script=b.wrk_script,
-                cpus=b.machine_cpus,
-                threads=threads,
-            )
-
+        wrk = _small_get_wrk(b, b.machine_cpus, threads)
         figures, tallies = _wrk_rounds(p, targets, wrk, upstream=nginx.pid)
     out.update(figures)
     for name, tally in tallies.items():
