@@ -463,7 +463,7 @@ class Pool:
 
     @property
     def in_use(self) -> int:
-        """Connections carrying a request now (for tests and metrics)."""
+        """Connections carrying a request now."""
         return self.count - len(self.idle)
 
     # Connections in and out.
