@@ -197,7 +197,7 @@ class ProxyHandler:
             if len(body) > MAX_BODY_BYTES:
                 raise StatusError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
         try:
-            check_review_body(info, bytes(body), MAX_BODY_BYTES)
+            check_review_body(info, bytes(body), MAX_BODY_BYTES, request.headers.get("Content-Type"))
         except MalformedRequest as exc:
             raise StatusError(exc.code, exc.message) from exc
         return bytes(body)
