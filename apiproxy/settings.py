@@ -96,7 +96,10 @@ class Settings:
         type=_duration_arg,
     )
     jwt_max_lifetime: float = _opt(
-        0.0, "longest accepted token lifetime (exp - nbf/iat), e.g. 366d; 0 accepts any", type=_duration_arg
+        400 * 86400.0,
+        "longest accepted token lifetime, exp - max(iat, nbf) or exp - now without both, e.g. 366d "
+        "(default 400d: Deckhouse issues at most 366d); 0 accepts any",
+        type=_duration_arg,
     )
     client_ca_file: Path | None = _opt(None, "verify client certificates against this CA")
     require_client_cert: bool = _opt(False, "refuse TLS connections without a client certificate")

@@ -16,7 +16,13 @@ Wiring (see each module for details)::
 """
 
 from apiproxy.auth.errors import REASONS, AuthenticationError, KeyFormatError, TrustStoreError
-from apiproxy.auth.jwt import DECKHOUSE_MAX_LIFETIME, MAX_TOKEN_LENGTH, TokenVerifier, bearer_token
+from apiproxy.auth.jwt import (
+    DECKHOUSE_MAX_LIFETIME,
+    DEFAULT_MAX_LIFETIME,
+    MAX_TOKEN_LENGTH,
+    TokenVerifier,
+    bearer_token,
+)
 from apiproxy.auth.keys import VerificationKey, load_private_key, load_public_key, parse_jwks
 from apiproxy.auth.mint import mint_token
 from apiproxy.auth.mtls import PeerIdentifier, build_client_ca_bundle, combine, identify_peer
@@ -33,6 +39,7 @@ from apiproxy.auth.truststore import (
 
 __all__ = [
     "DECKHOUSE_MAX_LIFETIME",
+    "DEFAULT_MAX_LIFETIME",
     "MAX_TOKEN_LENGTH",
     "REASONS",
     "AuthenticationError",

@@ -2,7 +2,9 @@
 
 Order of checks (each failure is an :class:`AuthenticationError` with a bounded ``reason``):
 
-1. size cap, compact-JWS shape, strict base64url, JSON objects without duplicate members;
+1. size cap, compact-JWS shape, canonical base64url in every segment (one string per signature),
+   header and claims UTF-8 JSON objects (no BOM, no UTF-16/32, no lone surrogates, no NaN/Infinity)
+   without duplicate members;
 2. header ``alg`` must be one we support at all (``none``, ``HS*`` and unknown ones are refused) and no
    ``crit`` header is accepted;
 3. the *unverified* ``sub`` is read only to pick that cluster's keys from the trust store; a header ``kid``
@@ -10,9 +12,10 @@ Order of checks (each failure is an :class:`AuthenticationError` with a bounded 
    are ignored: nothing named by a token is ever fetched or trusted);
 4. ``alg`` must be pinned for the key type (Ed25519 → EdDSA, RSA → RS256/PS256, P-256 → ES256,
    P-384 → ES384); then the signature is verified with ``cryptography`` directly;
-5. only then the claims: ``exp`` required and strict (no leeway: the cache uses the same bound),
-   ``nbf``/``iat`` with ``leeway``, ``iss``, ``aud`` (string or array containing ours), ``scope``
-   (space-separated, must contain ``required_scope``), and the optional maximum lifetime.
+5. only then the claims: ``exp``/``nbf``/``iat`` must be numbers (not booleans) of a date between 1970
+   and 9999, ``exp`` required and strict (no leeway: the cache uses the same bound), ``nbf``/``iat``
+   with ``leeway``, ``iss``, ``aud`` (string or array containing ours), ``scope`` (space-separated, must
+   contain ``required_scope``), and the maximum lifetime (400 days unless configured otherwise).
 
 Verified tokens are cached by SHA-256 of the token (the token itself is never kept) until their ``exp``.
 Rejections are not cached: the cheap failures are cheaper than a cache, and the expensive ones (a valid
@@ -49,8 +52,14 @@ MAX_TOKEN_LENGTH: Final = 8 * 1024
 DEFAULT_ISSUER: Final = "d8-istio"
 DEFAULT_SCOPE: Final = "api"
 DEFAULT_LEEWAY: Final = 60.0
-#: Deckhouse issues tokens for up to 366 days; pass this as ``max_lifetime`` to enforce it.
+#: Deckhouse issues tokens for up to 366 days; pass this as ``max_lifetime`` to enforce exactly that.
 DECKHOUSE_MAX_LIFETIME: Final = 366 * 86400.0
+#: The default longest lifetime: Deckhouse's 366 days with room for issuers that round up, while a token
+#: minted to live for decades (a credential that never really expires) is refused.
+DEFAULT_MAX_LIFETIME: Final = 400 * 86400.0
+#: NumericDate claims must name a second between 1970-01-01 and 9999-12-31T23:59:59Z: what every JWT
+#: library can represent, and small enough that arithmetic on it is exact and cannot overflow.
+MAX_NUMERIC_DATE: Final = 253_402_300_799
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:@/-]{1,80}")
 _EC_SIZES: Final = {"ES256": 32, "ES384": 48}
@@ -67,21 +76,52 @@ def _safe(value: object) -> str:
 
 
 def _json_segment(segment: str, what: str) -> dict[str, Any]:
+    """The JSON object of a header or claims segment.
+
+    JWS (RFC 7515 §5.2) and JWT (RFC 7519 §7.2) say UTF-8; ``json.loads`` on bytes would also guess
+    UTF-16/32 and skip a BOM, so two parsers could read one segment differently. Decode UTF-8 ourselves,
+    refuse a BOM, refuse strings that are not Unicode (lone surrogates from ``\\ud800`` escapes), and
+    refuse the NaN/Infinity constants Python accepts but JSON does not have."""
     try:
-        value = json.loads(b64url_decode(segment), object_pairs_hook=no_duplicate_keys)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _fail("malformed", f"token {what} is not base64url-encoded JSON") from None
+        data = b64url_decode(segment)
+    except ValueError:
+        raise _fail("malformed", f"token {what} is not canonical unpadded base64url") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise _fail("malformed", f"token {what} starts with a byte order mark; JSON must be plain UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail("malformed", f"token {what} is not UTF-8") from None
+    try:
+        value = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_no_constant)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # lone surrogates cannot be encoded
+    except UnicodeEncodeError:
+        raise _fail("malformed", f"token {what} holds a string that is not valid Unicode") from None
+    except (ValueError, RecursionError):
+        raise _fail("malformed", f"token {what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise _fail("malformed", f"token {what} is not a JSON object")
     return value
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _number(claims: dict[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
+    """A NumericDate claim as a float, or ``None`` when absent.
+
+    Checked with exact comparisons before any conversion: an integer of a few hundred digits does not
+    fit a float (``OverflowError``), and one that does would make the lifetime arithmetic meaningless."""
+    if name not in claims:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    value = claims[name]  # present but null is malformed, not absent
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail("malformed", f"token claim {name} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
         raise _fail("malformed", f"token claim {name} is not a finite number")
+    if not 0 <= value <= MAX_NUMERIC_DATE:
+        raise _fail("malformed", f"token claim {name} out of range (a date from 1970 to 9999 in seconds)")
     return float(value)
 
 
@@ -136,7 +176,7 @@ class TokenVerifier:
         *,
         issuer: str | None = DEFAULT_ISSUER,
         leeway: float = DEFAULT_LEEWAY,
-        max_lifetime: float | None = None,
+        max_lifetime: float | None = DEFAULT_MAX_LIFETIME,
         required_scope: str | None = DEFAULT_SCOPE,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
@@ -244,7 +284,7 @@ class TokenVerifier:
         try:
             signature = b64url_decode(parts[2])
         except ValueError:
-            raise _fail("malformed", "token signature is not base64url") from None
+            raise _fail("malformed", "token signature is not canonical unpadded base64url") from None
         signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
         if not any(verify_signature(k, alg, signing_input, signature) for k in candidates):
             raise _fail(
@@ -285,8 +325,11 @@ class TokenVerifier:
             scope = claims.get("scope")
             if not isinstance(scope, str) or self.required_scope not in scope.split(" "):
                 raise _fail("bad_scope", f"token scope does not include {self.required_scope!r}")
-        if self.max_lifetime is not None:
-            start = nbf if nbf is not None else iat if iat is not None else now
+        if self.max_lifetime:
+            # From the latest of iat and nbf (both at most now + leeway, checked above), else from now:
+            # the measure bounds how long from now a token stays usable, whatever dates it carries.
+            starts = [t for t in (iat, nbf) if t is not None]
+            start = max(starts) if starts else now
             if exp - start > self.max_lifetime + self.leeway:
                 raise _fail(
                     "too_long_lived",

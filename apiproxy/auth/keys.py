@@ -164,10 +164,18 @@ def public_key_pem(key: PublicKey, *, deckhouse: bool = False) -> bytes:
 
 
 def b64url_decode(value: str) -> bytes:
-    """Strict unpadded base64url (RFC 7515 §2); raises ``ValueError``."""
+    """Strict, canonical, unpadded base64url (RFC 7515 §2 and appendix C); raises ``ValueError``.
+
+    Canonical: the URL-safe alphabet only, no ``=`` padding, no length of 1 mod 4, and the unused low
+    bits of the last character zero. Without that last rule up to 16 spellings decode to the same bytes,
+    so two different token strings would carry one signature (and a cache keyed by the string would see
+    two tokens). Re-encoding and comparing is the proof: exactly one string encodes given bytes."""
     if not _B64URL.fullmatch(value) or len(value) % 4 == 1:
         raise ValueError("not unpadded base64url")
-    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    if b64url_encode(data) != value:
+        raise ValueError("not canonical base64url (unused bits of the last character are set)")
+    return data
 
 
 def b64url_encode(data: bytes) -> str:

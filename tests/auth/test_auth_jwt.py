@@ -63,7 +63,9 @@ def valid_claims(uuid: str) -> dict[str, Any]:
 
 @pytest.fixture
 def deckhouse_verifier(deckhouse_store: TrustStore, clock: Clock) -> TokenVerifier:
-    return TokenVerifier(deckhouse_store, LOCAL, clock=clock)
+    # The samples live ten years (2026-2036); the lifetime cap, which refuses them by default, is tested
+    # in test_token_strictness.py. Here they prove the format: keys, claims, signature.
+    return TokenVerifier(deckhouse_store, LOCAL, clock=clock, max_lifetime=None)
 
 
 def test_fixture_alpha_api_is_accepted_as_alpha(deckhouse_verifier: TokenVerifier) -> None:
@@ -73,7 +75,8 @@ def test_fixture_alpha_api_is_accepted_as_alpha(deckhouse_verifier: TokenVerifie
 
 
 def test_fixture_alpha_api_is_accepted_by_the_real_clock(deckhouse_store: TrustStore) -> None:
-    assert TokenVerifier(deckhouse_store, LOCAL).verify(fixture_token("alpha-api.jwt")).cluster_uuid == ALPHA
+    verifier = TokenVerifier(deckhouse_store, LOCAL, max_lifetime=None)
+    assert verifier.verify(fixture_token("alpha-api.jwt")).cluster_uuid == ALPHA
 
 
 @pytest.mark.parametrize(
@@ -90,7 +93,8 @@ def test_fixture_rejections(deckhouse_verifier: TokenVerifier, name: str, reason
 
 def test_friendly_name_shows_in_principal() -> None:
     store = parse_trust_json((FIXTURES / "remote-public-metadata.json").read_bytes(), names={ALPHA: "alpha"})
-    principal = TokenVerifier(store, LOCAL, clock=Clock()).verify(fixture_token("alpha-api.jwt"))
+    verifier = TokenVerifier(store, LOCAL, clock=Clock(), max_lifetime=None)
+    principal = verifier.verify(fixture_token("alpha-api.jwt"))
     assert (principal.cluster_name, principal.display) == ("alpha", "alpha")
 
 
@@ -225,10 +229,13 @@ def test_max_lifetime(gamma_store: TrustStore, gamma: Cluster, clock: Clock) -> 
     # Without nbf, iat is the start; without both, the remaining lifetime counts.
     reject(strict, gamma.token(nbf=None, iat=start, exp=start + 400 * 86400), "too_long_lived")
     reject(strict, gamma.token(nbf=None, exp=int(NOW) + 400 * 86400), "too_long_lived")
-    # The Deckhouse samples live ten years: accepted by default, refused with the 366-day cap.
+    # The Deckhouse samples live ten years: accepted only with the cap disabled.
     deckhouse = parse_trust_json((FIXTURES / "remote-public-metadata.json").read_bytes())
     capped = TokenVerifier(deckhouse, LOCAL, max_lifetime=DECKHOUSE_MAX_LIFETIME, clock=clock)
     reject(capped, fixture_token("alpha-api.jwt"), "too_long_lived")
+    assert TokenVerifier(deckhouse, LOCAL, max_lifetime=None, clock=clock).verify(
+        fixture_token("alpha-api.jwt")
+    )
 
 
 # --- algorithm attacks -----------------------------------------------------------------------------

@@ -33,8 +33,15 @@ async def status_of(box: Sandbox, token: str | None, path: str = "/api/v1/pods?l
 
 @pytest.fixture
 async def deckhouse_box(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    """The proxy of the fixtures' local cluster, trusting the fixtures' remote-public-metadata.json."""
-    box = Sandbox(tmp_path, local_uuid=(FIXTURES / "local-cluster-uuid").read_text().strip())
+    """The proxy of the fixtures' local cluster, trusting the fixtures' remote-public-metadata.json.
+
+    The sample tokens live ten years, so the lifetime cap (400 days by default) is off here; the test
+    after the next one shows the default refusing them."""
+    box = Sandbox(
+        tmp_path,
+        local_uuid=(FIXTURES / "local-cluster-uuid").read_text().strip(),
+        settings={"jwt_max_lifetime": 0.0},
+    )
     shutil.copy(FIXTURES / "remote-public-metadata.json", box.trust_file)
     await box.start()
     try:
@@ -63,6 +70,18 @@ async def test_deckhouse_fixture_tokens(deckhouse_box: Sandbox, fixture: str, co
     assert deckhouse_box.simulator is not None
     if code != 200:  # a refused request never reaches the apiserver
         assert not [r for r in deckhouse_box.simulator.requests if r.raw_target.startswith("/api/v1/pods")]
+
+
+async def test_default_lifetime_cap_refuses_the_ten_year_sample(tmp_path: Path) -> None:
+    box = Sandbox(tmp_path, local_uuid=(FIXTURES / "local-cluster-uuid").read_text().strip())
+    shutil.copy(FIXTURES / "remote-public-metadata.json", box.trust_file)
+    await box.start()
+    try:
+        status, body = await status_of(box, (FIXTURES / "alpha-api.jwt").read_text().strip())
+    finally:
+        await box.stop()
+    assert status == 401
+    assert "lifetime exceeds the allowed maximum" in body["message"]
 
 
 @pytest.mark.parametrize(
