@@ -58,8 +58,10 @@ PROTOBUF_MEDIA_TYPE: Final = "application/vnd.kubernetes.protobuf"
 SUPPORTED_MEDIA_TYPES: Final = (JSON_MEDIA_TYPE, PROTOBUF_MEDIA_TYPE)
 _SUPPORTED_TEXT: Final = ", ".join(SUPPORTED_MEDIA_TYPES)
 
-# RFC 9110 token characters, for ``type/subtype``.
-_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
+# RFC 9110 tokens: ``type/subtype`` and ``; name=value`` parameters (value a token or a quoted string).
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"{_TCHARS}/{_TCHARS}")
+_PARAMETER = re.compile(rf'\s*;\s*({_TCHARS})\s*=\s*({_TCHARS}|"(?:\\.|[^"\\\r\n])*")')
 
 
 class ReviewBodyError(MalformedRequest):
@@ -73,16 +75,35 @@ def review_media_type(content_type: str | None) -> str:
     (``charset=utf-8``, ...) are ignored, the comparison is case-insensitive, and anything but JSON and
     Kubernetes protobuf is refused here (kube would also take YAML and CBOR; the review clients we serve
     do not send them, and every decoder we do not run is one less way to disagree with the apiserver)."""
-    if content_type is None or not content_type.strip():
+    if not content_type:
         return JSON_MEDIA_TYPE
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if not _MEDIA_TYPE.fullmatch(media_type) or media_type not in SUPPORTED_MEDIA_TYPES:
+    base, _, _ = content_type.partition(";")
+    media_type = base.strip().lower()
+    well_formed = bool(_MEDIA_TYPE.fullmatch(media_type)) and _parameters_ok(content_type[len(base) :])
+    if not well_formed or media_type not in SUPPORTED_MEDIA_TYPES:
         shown = media_type if _MEDIA_TYPE.fullmatch(media_type) and len(media_type) <= 80 else "(not shown)"
         raise ReviewBodyError(
-            f"Content-Type {shown} is not supported for review bodies (supported: {_SUPPORTED_TEXT})",
+            f"Content-Type {shown}{'' if well_formed else ' (malformed)'} is not supported for review "
+            f"bodies (supported: {_SUPPORTED_TEXT})",
             code=415,
         )
     return media_type
+
+
+def _parameters_ok(text: str) -> bool:
+    """Whether the ``; name=value`` list parses (as Go's ``mime.ParseMediaType`` would have it parse:
+    a trailing ``;`` is fine, a repeated name with another value is not). Values are not used."""
+    seen: dict[str, str] = {}
+    pos = 0
+    while text[pos:].strip():
+        match = _PARAMETER.match(text, pos)
+        if match is None:
+            return text[pos:].strip() == ";"
+        name, value = match.group(1).lower(), match.group(2).removeprefix('"').removesuffix('"')
+        if seen.setdefault(name, value) != value:
+            return False
+        pos = match.end()
+    return True
 
 
 def check_review_body(

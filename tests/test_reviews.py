@@ -107,6 +107,9 @@ def test_max_bytes_is_configurable() -> None:
         (PB, PB),
         ("application/vnd.kubernetes.protobuf;stream=watch", PB),
         (" APPLICATION/VND.KUBERNETES.PROTOBUF ", PB),
+        ("application/json;", "application/json"),  # a trailing semicolon is no error
+        ('application/json; x="a;b=c"; y=1', "application/json"),
+        ('application/json; charset=utf-8; Charset="utf-8"', "application/json"),  # repeated, equal
     ],
 )
 def test_media_type_negotiation(header: str | None, media_type: str) -> None:
@@ -125,6 +128,13 @@ def test_media_type_negotiation(header: str | None, media_type: str) -> None:
         "json",
         "application/json garbage",
         "\x00",
+        " ",  # present but empty: no media type
+        "application/json; charset",
+        "application/json; charset=",
+        "application/json;;",
+        'application/json; x="unterminated',
+        "application/json; charset=utf-8; charset=utf-16",
+        "application/json, application/vnd.kubernetes.protobuf",
     ],
 )
 def test_other_media_types_are_415_naming_the_supported_ones(header: str) -> None:
