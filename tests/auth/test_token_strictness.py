@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from apiproxy.auth import REASONS, AuthenticationError, TokenVerifier
 from apiproxy.auth.jwt import DECKHOUSE_MAX_LIFETIME, DEFAULT_MAX_LIFETIME, MAX_NUMERIC_DATE
-from apiproxy.auth.keys import b64url_encode
+from apiproxy.auth.keys import b64url_decode, b64url_encode
 from apiproxy.auth.mint import mint_token, sign
 from apiproxy.auth.truststore import TrustStore, parse_trust_json
 from apiproxy.authn import Authenticator
@@ -137,6 +137,20 @@ def test_a_signature_with_its_unused_bits_set_is_refused(verifier: TokenVerifier
     verifier.clear_cache()
     err = refused(verifier, f"{header}.{payload}.{variant}")
     assert err.reason == "malformed"
+
+
+def test_an_ed25519_signature_with_s_plus_l_is_refused(verifier: TokenVerifier, gamma: Cluster) -> None:
+    """The other way to re-spell an Ed25519 signature: S + L (the group order) verifies on lax
+    implementations; RFC 8032 requires S < L, and the verifier must hold to it."""
+    order = 2**252 + 27742317777372353535851937790883648493
+    token = signed_bytes(gamma, HEADER, claims_json())
+    header, payload, signature = token.split(".")
+    raw = b64url_decode(signature)
+    s = int.from_bytes(raw[32:], "little") + order
+    assert s < 2**256
+    respelled = b64url_encode(raw[:32] + s.to_bytes(32, "little"))
+    verifier.verify(token)
+    assert refused(verifier, f"{header}.{payload}.{respelled}").reason == "bad_signature"
 
 
 @pytest.mark.parametrize("which", ["header", "payload"])

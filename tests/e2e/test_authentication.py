@@ -14,7 +14,8 @@ import kubernetes
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from apiproxy.auth.mint import mint_token
+from apiproxy.auth.keys import b64url_encode
+from apiproxy.auth.mint import mint_token, sign
 from apiproxy.sandbox import Sandbox, new_cluster, write_trust_file
 from tests.helpers import KUBECTL, eventually, kubectl
 
@@ -82,6 +83,62 @@ async def test_default_lifetime_cap_refuses_the_ten_year_sample(tmp_path: Path) 
         await box.stop()
     assert status == 401
     assert "lifetime exceeds the allowed maximum" in body["message"]
+
+
+def signed(box: Sandbox, header: bytes, claims: bytes) -> str:
+    """A token of exactly these segment bytes, signed with alpha's real key (so only the checks under
+    test can refuse it)."""
+    signing_input = f"{b64url_encode(header)}.{b64url_encode(claims)}"
+    signature = sign(box.clusters["alpha"].key, "EdDSA", signing_input.encode("ascii"))
+    return f"{signing_input}.{b64url_encode(signature)}"
+
+
+def alpha_claims(box: Sandbox, exp: str) -> bytes:
+    alpha = box.clusters["alpha"]
+    return (
+        f'{{"iss":"d8-istio","aud":"{box.local_uuid}","sub":"{alpha.uuid}","scope":"api",'
+        f'"nbf":1700000000,"exp":{exp}}}'
+    ).encode()
+
+
+async def test_hostile_signed_tokens_are_401_statuses_never_500(sandbox: Sandbox) -> None:
+    far = str(10**300)
+    soon = "4102444800"  # 2100-01-01
+    valid = signed(sandbox, b'{"alg":"EdDSA"}', alpha_claims(sandbox, soon))
+    head, payload, signature = valid.split(".")
+    # Same signature bytes, another spelling: the last character's unused low bits set.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    respelled = signature[:-1] + alphabet[alphabet.index(signature[-1]) | 0b1111]
+    hostile = {
+        "exp of 301 digits": (
+            signed(sandbox, b'{"alg":"EdDSA"}', alpha_claims(sandbox, far)),
+            "exp out of range",
+        ),
+        "claims in UTF-16": (
+            signed(sandbox, b'{"alg":"EdDSA"}', alpha_claims(sandbox, soon).decode().encode("utf-16")),
+            "not UTF-8",
+        ),
+        "claims with a BOM": (
+            signed(sandbox, b'{"alg":"EdDSA"}', b"\xef\xbb\xbf" + alpha_claims(sandbox, soon)),
+            "byte order mark",
+        ),
+        "re-spelled signature": (f"{head}.{payload}.{respelled}", "not canonical"),
+    }
+    for name, (token, words) in hostile.items():
+        status, body = await status_of(sandbox, token)
+        assert status == 401, name
+        assert (body["kind"], body["reason"], body["code"]) == ("Status", "Unauthorized", 401), name
+        assert words in body["message"], (name, body["message"])
+        assert token.split(".")[1][:40] not in json.dumps(body), name
+    # The lifetime cap (400 days by default) is what refuses the otherwise valid token to 2100.
+    status, body = await status_of(sandbox, valid)
+    assert status == 401 and "lifetime" in body["message"]
+    async with aiohttp.ClientSession() as session, session.get(sandbox.metrics_url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'apiproxy_authentication_failures_total{reason="malformed"} 4.0' in metrics
+    assert 'apiproxy_authentication_failures_total{reason="too_long_lived"} 1.0' in metrics
+    assert sandbox.simulator is not None
+    assert not [r for r in sandbox.simulator.requests if r.raw_target.startswith("/api/v1/pods")]
 
 
 @pytest.mark.parametrize(
