@@ -57,8 +57,9 @@ DECKHOUSE_MAX_LIFETIME: Final = 366 * 86400.0
 #: The default longest lifetime: Deckhouse's 366 days with room for issuers that round up, while a token
 #: minted to live for decades (a credential that never really expires) is refused.
 DEFAULT_MAX_LIFETIME: Final = 400 * 86400.0
-#: NumericDate claims must name a second between 1970-01-01 and 9999-12-31T23:59:59Z: what every JWT
-#: library can represent, and small enough that arithmetic on it is exact and cannot overflow.
+#: NumericDate claims must name a second between 1970-01-01 and 9999-12-31T23:59:59Z: the four-digit
+#: years that date types (Python's ``datetime``, Go's JWT libraries) agree on, and small enough that
+#: arithmetic on it is exact in a float and cannot overflow.
 MAX_NUMERIC_DATE: Final = 253_402_300_799
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:@/-]{1,80}")
