@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: demo test tools lint typecheck unit bench bench-quick soak clean
+.PHONY: demo test test-real real-binaries tools lint typecheck unit bench bench-quick soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ tools:
 	.ci/ensure-tools
 
 test: tools lint typecheck unit
+
+# The end-to-end suite against a real kube-apiserver and etcd, built from the Go module proxy at the
+# versions tests/real/go.mod pins and cached under ~/.cache/apiproxy/ (minutes the first time, seconds after).
+real-binaries: $(STAMP)
+	$(BIN)/python -m tests.real.gobuild
+
+test-real: tools real-binaries
+	$(BIN)/pytest -q -m real tests/real
 
 bench: $(STAMP) tools
 	$(BIN)/pip install --quiet -e '.[test,speedups,bench]'

@@ -108,8 +108,12 @@ def make_leaf(
     client: bool = False,
     days: int = 365,
     not_before: datetime.datetime | None = None,
+    organization: str | None = None,
 ) -> Issued:
-    """A leaf certificate signed by ``ca``; ``names`` become DNS/IP/URI SANs."""
+    """A leaf certificate signed by ``ca``; ``names`` become DNS/IP/URI SANs.
+
+    ``organization`` is the subject's O, which kube-apiserver reads as the client's group (an admin
+    client certificate carries ``system:masters``)."""
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or (_now() - datetime.timedelta(minutes=5))
     usages = []
@@ -119,7 +123,7 @@ def make_leaf(
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(_name(common_name, organization))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
