@@ -156,7 +156,10 @@ class RealCluster:
                     "apiVersion": "v1",
                     "kind": "Config",
                     "clusters": [
-                        {"name": self.name, "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)}}
+                        {
+                            "name": self.name,
+                            "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)},
+                        }
                     ],
                     "users": [
                         {
@@ -181,7 +184,9 @@ class RealCluster:
         binary = apiserver or gobuild.ensure("kube-apiserver")
         etcd_binary = etcd_binary or gobuild.ensure("etcd")
         shm = Path("/dev/shm")
-        self.etcd_dir = Path(tempfile.mkdtemp(prefix=f"apiproxy-etcd-{self.name}-", dir=shm if shm.is_dir() else None))
+        self.etcd_dir = Path(
+            tempfile.mkdtemp(prefix=f"apiproxy-etcd-{self.name}-", dir=shm if shm.is_dir() else None)
+        )
         client_port, peer_port = free_port(), free_port()
         etcd_url = self.etcd_url = f"http://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
@@ -260,7 +265,9 @@ class RealCluster:
                 if probe():
                     return
             time.sleep(0.1)
-        raise StartError(f"{what} not ready within {timeout:.0f}s; last lines of {proc.log}:\n{_tail(proc.log)}")
+        raise StartError(
+            f"{what} not ready within {timeout:.0f}s; last lines of {proc.log}:\n{_tail(proc.log)}"
+        )
 
     # -- clients ------------------------------------------------------------------------------------------
 
@@ -279,10 +286,7 @@ class RealCluster:
         token: str | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """One request to the apiserver directly: as admin (client certificate), or with ``token``."""
-        if token is None:
-            ctx = self.admin_ssl()
-        else:
-            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx = self.admin_ssl() if token is None else ssl.create_default_context(cafile=str(self.ca_file))
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=30)
         try:
             all_headers = dict(headers or {})
@@ -298,7 +302,9 @@ class RealCluster:
         status, _, _ = self.request("GET", "/readyz")
         return status == 200
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """The real kubectl as cluster admin."""
         result = subprocess.run(
             [KUBECTL, f"--kubeconfig={self.admin_kubeconfig}", *args],
@@ -314,7 +320,9 @@ class RealCluster:
 
     def apply(self, objects: list[dict[str, Any]]) -> None:
         """Create objects in one ``kubectl create`` (a v1 List)."""
-        self.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+        self.kubectl(
+            "create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+        )
 
     def compact(self) -> int:
         """Compact etcd up to its current revision (what the apiserver does every 5 minutes), so older
@@ -339,18 +347,34 @@ class RealCluster:
     def install_proxy_identity(
         self, policy: Path, *, namespace: str = "apiproxy", name: str = "apiproxy", duration: str = "2h"
     ) -> str:
-        """A service account bound to exactly ``apiproxy policy rbac POLICY``; returns a TokenRequest token."""
+        """A service account bound to exactly ``apiproxy policy rbac POLICY``; returns a TokenRequest
+        token for it."""
         rbac = subprocess.run(
-            [sys.executable, "-m", "apiproxy", "policy", "rbac", str(policy), "--name", name,
-             "--service-account", f"{namespace}/{name}"],
-            capture_output=True, text=True, check=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "apiproxy",
+                "policy",
+                "rbac",
+                str(policy),
+                "--name",
+                name,
+                "--service-account",
+                f"{namespace}/{name}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
         ).stdout
         self.kubectl("create", "namespace", namespace, check=False)
         self.kubectl("create", "serviceaccount", name, "-n", namespace)
         for ns in {n for n in _namespaces_in(rbac)}:
             self.kubectl("create", "namespace", ns, check=False)
         self.kubectl("apply", "-f", "-", input=rbac)
-        token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}").stdout.strip()
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
         if token.count(".") != 2:
             raise RuntimeError("kubectl create token printed no token")
         return token

@@ -82,4 +82,3 @@ async def proxy(real: Real, tmp_path: Path) -> AsyncIterator[Sandbox]:
         yield box
     finally:
         await box.stop()
-

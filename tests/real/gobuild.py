@@ -135,7 +135,7 @@ def ensure(name: str, *, log: bool = True) -> Path:
     ticker.start()
     for line in proc.stderr:
         line = line.rstrip()
-        if line.startswith(("go: downloading", "go: finding")) or "/" in line and " " not in line:
+        if line.startswith(("go: downloading", "go: finding")) or ("/" in line and " " not in line):
             compiled += 1
         else:
             tail = [*tail[-20:], line]

@@ -73,7 +73,9 @@ def seed(cluster: RealCluster, **options: Any) -> Seeded:
                 if code == 409:
                     continue
                 if code != 201:
-                    raise RuntimeError(f"seeding {resource} {meta.get('namespace')}/{meta['name']}: {code} {body[:300]!r}")
+                    raise RuntimeError(
+                        f"seeding {resource} {meta.get('namespace')}/{meta['name']}: {code} {body[:300]!r}"
+                    )
                 created += 1
                 if status:
                     current = json.loads(body)
@@ -105,7 +107,9 @@ def _collection_path(obj: dict[str, Any]) -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
 
 
-def _send(conn: http.client.HTTPSConnection, method: str, path: str, obj: dict[str, Any]) -> tuple[int, bytes]:
+def _send(
+    conn: http.client.HTTPSConnection, method: str, path: str, obj: dict[str, Any]
+) -> tuple[int, bytes]:
     conn.request(method, path, body=json.dumps(obj), headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     return resp.status, resp.read()

@@ -22,7 +22,9 @@ from tests.real.conftest import Real
 
 
 def core_api(box: Sandbox) -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(config_file=str(box.kubeconfig())))
+    return kubernetes.client.CoreV1Api(
+        kubernetes.config.new_client_from_config(config_file=str(box.kubeconfig()))
+    )
 
 
 def proxy_session(box: Sandbox) -> aiohttp.ClientSession:
