@@ -154,7 +154,9 @@ def decode_continue(token: str) -> tuple[int, str]:
         data = json.loads(base64.urlsafe_b64decode(token.encode() + b"=" * (-len(token) % 4)))
         rv, start = int(data["rv"]), str(data["start"])
     except (ValueError, KeyError, TypeError, binascii.Error) as err:
-        raise StatusError(400, f"continue key is not valid: {err}", reason="BadRequest") from None
+        raise StatusError(
+            400, f"invalid continue token: continue key is not valid: {err}", reason="BadRequest"
+        ) from None
     if rv <= 0:
         raise StatusError(400, "continue key is not valid: incorrect encoded start resourceVersion")
     return rv, start
@@ -456,10 +458,15 @@ class Simulator:
         list_meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
         if more and items:
             list_meta["continue"] = encode_continue(list_rv, items[-1].key)
-            if not lsel and not fsel and target.namespace is None and snapshot_rv is None:
-                list_meta["remainingItemCount"] = len(coll.keys) - bisect.bisect_right(
-                    coll.keys, items[-1].key
+            if not lsel and not fsel and snapshot_rv is None:
+                # kube counts what is left under the listed key prefix (the namespace, or everything)
+                # whenever no selector filters the list.
+                end = (
+                    bisect.bisect_left(coll.keys, f"{target.namespace}0")  # "0" sorts right after "/"
+                    if target.namespace is not None
+                    else len(coll.keys)
                 )
+                list_meta["remainingItemCount"] = end - bisect.bisect_right(coll.keys, items[-1].key)
         if form.kind == "table":
             if not items:
                 body = dumps(

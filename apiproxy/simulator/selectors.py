@@ -141,9 +141,11 @@ def parse_label_selector(text: str) -> LabelSelector:
                 i += 1
             elif op in ("=", "==", "!=", ">", "<"):
                 value = at(i + 2)
-                if value is None or value in (",", "(", ")", "=", "==", "!=", "!", ">", "<"):
+                if value is None or value == ",":
                     value = ""
                     i += 2
+                elif value in ("(", ")", "=", "==", "!=", "!", ">", "<"):
+                    raise SelectorError(f"unable to parse requirement: found {value!r}, expected: identifier")
                 else:
                     i += 3
                 if op in (">", "<"):

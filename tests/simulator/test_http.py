@@ -211,7 +211,11 @@ async def test_paging_continue_and_consistent_snapshot(sim: Simulator, http: aio
     )
     assert both["reason"] == "BadRequest"
     garbage = await get_json(http, "/api/v1/pods", status=400, params={"continue": "!!!"})
-    assert garbage["message"].startswith("continue key is not valid")
+    assert garbage["message"].startswith("invalid continue token: continue key is not valid")  # kube's words
+    namespace = full["items"][0]["metadata"]["namespace"]
+    in_ns = await get_json(http, f"/api/v1/namespaces/{namespace}/pods")
+    ns_page = await get_json(http, f"/api/v1/namespaces/{namespace}/pods", params={"limit": "2"})
+    assert ns_page["metadata"]["remainingItemCount"] == len(in_ns["items"]) - 2  # counted in the namespace
 
 
 async def test_expired_continue_is_410() -> None:
