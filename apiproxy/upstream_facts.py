@@ -104,6 +104,9 @@ class UpstreamFacts:
         builtin = BUILTIN_KINDS.get((group, resource))
         if builtin is not None and version == "v1":
             return ConcealedKind(group, version, resource, builtin)
+        if not group and version != "v1":
+            # The core group has only ever served v1: no need to ask (nor to send a client's spelling).
+            raise StatusError(404, "the server could not find the requested resource", reason="NotFound")
         kinds = await self._discover(group, version)
         kind = kinds.get(resource)
         if kind is None:
