@@ -340,3 +340,79 @@ async def test_a_policy_change_that_allows_secrets_closes_the_concealed_watch(tm
         assert records[0]["reason"] == "ended by the proxy: policy changed"
     finally:
         await box.stop()
+
+
+async def test_a_burst_of_concealed_lists_costs_one_resource_version_read(box: Sandbox) -> None:
+    assert box.proxy is not None
+    box.proxy.handler.facts.ttl = 60.0  # the whole burst falls in one cache period, however slow the host
+
+    async def one(session: aiohttp.ClientSession) -> str:
+        async with session.get(box.proxy_url + CONCEALED_SECRETS) as resp:
+            assert resp.status == 200
+            return str((await resp.json())["metadata"]["resourceVersion"])
+
+    async with client(box) as session:
+        versions = await asyncio.gather(*(one(session) for _ in range(20)))
+    assert set(versions) == {current_version(box)}
+    assert upstream_targets(box) == ["/api/v1/namespaces?limit=1"]
+
+
+CONCEAL_ENDPOINTSLICES = """\
+  - name: endpointslices-concealed
+    clusters: ["*"]
+    apiGroups: ["discovery.k8s.io"]
+    resources: ["endpointslices", "widgets"]
+    verbs: ["list", "watch"]
+    action: conceal
+"""
+
+
+async def test_the_kind_of_a_group_resource_comes_from_discovery(tmp_path: Path) -> None:
+    """A resource outside the built-in table: its kind is read once from its group version's discovery
+    document (cached), and a resource the group version does not serve is a 404."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("apiVersion: apiproxy.io/v1alpha1\nkind: Policy\nrules:\n" + CONCEAL_ENDPOINTSLICES)
+    box = Sandbox(tmp_path / "box", policy=policy)
+    await box.start()
+    try:
+        async with client(box) as session:
+            for _ in range(2):
+                async with session.get(box.proxy_url + "/apis/discovery.k8s.io/v1/endpointslices") as resp:
+                    assert resp.status == 200
+                    listed = await resp.json()
+            async with session.get(box.proxy_url + "/apis/discovery.k8s.io/v1/widgets") as resp:
+                assert resp.status == 404
+                assert (await resp.json())["message"] == "the server could not find the requested resource"
+        assert (listed["kind"], listed["apiVersion"], listed["items"]) == (
+            "EndpointSliceList",
+            "discovery.k8s.io/v1",
+            [],
+        )
+        targets = upstream_targets(box)
+        assert targets.count("/apis/discovery.k8s.io/v1") == 1
+        assert not [t for t in targets if "endpointslices" in t or "widgets" in t]
+    finally:
+        await box.stop()
+
+
+async def test_shutdown_ends_a_concealed_watch_cleanly(tmp_path: Path) -> None:
+    box = Sandbox(tmp_path)
+    await box.start()
+    stopped = False
+    try:
+        assert box.proxy is not None
+        handler = box.proxy.handler
+        async with (
+            client(box) as session,
+            session.get(box.proxy_url + CONCEALED_SECRETS + "?watch=1&timeoutSeconds=300") as resp,
+        ):
+            assert resp.status == 200
+            await eventually(lambda: len(handler.watches) == 1)
+            stopping = asyncio.ensure_future(box.stop())
+            assert await asyncio.wait_for(resp.read(), 10) == b""  # a clean end, not a broken stream
+            await stopping
+            stopped = True
+        assert not handler.watches
+    finally:
+        if not stopped:
+            await box.stop()
