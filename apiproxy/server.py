@@ -421,7 +421,8 @@ class ProxyHandler:
         self.watch_slots.acquire(cluster)
         ex.decision = "conceal"
         try:
-            _target, timeout = cap_watch_timeout(info.forward_target, self.limits.max_watch_timeout)
+            # Audited as the watch in force (its timeout capped), though nothing of it goes upstream.
+            ex.forwarded, timeout = cap_watch_timeout(info.forward_target, self.limits.max_watch_timeout)
             version = await self.facts.resource_version()  # 503 before the stream starts if unknown
             stop = _ConcealedStop()
             active = ActiveWatch(principal, info, stop, action="conceal")
