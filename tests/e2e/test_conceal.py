@@ -487,3 +487,33 @@ async def test_client_go_informers_sync_in_protobuf_and_stay_synced_through_watc
         assert not [t for t in upstream_targets(box) if "configmaps" in t]
     finally:
         await box.stop()
+
+
+async def test_a_policy_change_that_conceals_secrets_closes_a_relayed_watch(tmp_path: Path) -> None:
+    """The other direction, the one that matters for security: a watch relaying real Secrets must not
+    outlive the policy that allowed it once they are concealed."""
+    policy = tmp_path / "policy.yaml"
+    shipped = (POLICIES_DIR / "istio-remote.yaml").read_text()
+    opt_in = "  - name: gateway-credentials\n    clusters: ['*']\n    apiGroups: ['']\n"
+    opt_in += "    resources: [secrets]\n    verbs: [get, list, watch]\n    namespaces: [istio-system]\n"
+    policy.write_text(shipped + opt_in)
+    box = Sandbox(tmp_path / "box", policy=policy)
+    await box.start()
+    try:
+        assert box.proxy is not None and box.simulator is not None
+        target = "/api/v1/namespaces/istio-system/secrets?watch=1&timeoutSeconds=60"
+        async with client(box) as session, session.get(box.proxy_url + target) as resp:
+            assert resp.status == 200
+            first = json.loads(await asyncio.wait_for(resp.content.readline(), 10))
+            assert first["type"] == "ADDED" and first["object"]["kind"] == "Secret"  # real, relayed
+            assert [t for t in secret_requests(box) if t.startswith(target.partition("?")[0])]
+            policy.write_text(shipped)
+            await asyncio.wait_for(resp.read(), 10)  # the stream ends (it would otherwise last 60 s)
+        assert not box.proxy.handler.watches
+        records = await eventually(lambda: [r for r in box.audit_records() if r.get("verb") == "watch"])
+        assert (records[0]["decision"], records[0]["reason"]) == (
+            "allow",
+            "ended by the proxy: policy changed",
+        )
+    finally:
+        await box.stop()
