@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from apiproxy import conceal as c
 from apiproxy import protowire as pw
+from apiproxy.simulator import Simulator, seed_mesh
 from apiproxy.status import StatusError
+from apiproxy.upstream import Upstream, UpstreamError, UpstreamSettings
+from apiproxy.upstream_facts import RESOURCE_VERSION_PATH, UpstreamFacts
 
 SECRETS = c.ConcealedKind("", "v1", "secrets", "Secret")
 CONFIGMAPS = c.ConcealedKind("", "v1", "configmaps", "ConfigMap")
@@ -323,3 +328,88 @@ def test_kinds_from_discovery() -> None:
     assert c.kinds_from_discovery(b"not json") is None
     assert c.kinds_from_discovery(b'{"kind":"Status"}') is None
     assert c.kinds_from_discovery(b'{"kind":"APIResourceList","resources":{}}') is None
+
+
+# -- the apiserver facts a concealed answer needs, read from a real (simulated) apiserver -------------------
+
+
+class FakeClock:
+    """A clock the test moves by hand, so cache expiry is decided without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def apiserver(tmp_path: Path) -> AsyncIterator[tuple[Simulator, Upstream]]:
+    sim = Simulator(tokens={"sa-token"})
+    seed_mesh(sim.store, pods=2, services=1, namespaces=1)
+    await sim.start()
+    token_file = tmp_path / "token"
+    token_file.write_text("sa-token")
+    upstream = Upstream(UpstreamSettings(url=sim.url, ca_file=None, token_file=token_file))
+    await upstream.start()
+    try:
+        yield sim, upstream
+    finally:
+        await upstream.close()
+        await sim.stop()
+
+
+def reads(sim: Simulator, path: str) -> int:
+    return sum(1 for r in sim.requests if r.raw_target == path)
+
+
+async def test_resource_version_is_read_once_per_ttl(apiserver: tuple[Simulator, Upstream]) -> None:
+    sim, upstream = apiserver
+    clock = FakeClock()
+    facts = UpstreamFacts(upstream, ttl=1.0, clock=clock)
+    first = await facts.resource_version()
+    assert first == str(sim.store.resource_version)
+    sim.store.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n", "namespace": "default"}}
+    )
+    clock.now += 0.5
+    assert await facts.resource_version() == first  # cached: a burst costs one read
+    assert reads(sim, RESOURCE_VERSION_PATH) == 1
+    clock.now += 0.6
+    assert await facts.resource_version() == str(sim.store.resource_version) != first
+    assert reads(sim, RESOURCE_VERSION_PATH) == 2 == facts.version_reads
+
+
+async def test_a_failed_read_is_a_503_remembered_for_the_ttl(apiserver: tuple[Simulator, Upstream]) -> None:
+    sim, upstream = apiserver
+    clock = FakeClock()
+    facts = UpstreamFacts(upstream, ttl=1.0, clock=clock)
+    sim.tokens.clear()
+    for _ in range(3):
+        with pytest.raises(UpstreamError) as caught:
+            await facts.resource_version()
+        assert caught.value.code == 503 and "answered 401" in caught.value.message
+    assert facts.version_reads == 1  # the failure is not retried by every request of a burst
+    sim.tokens.add("sa-token")
+    clock.now += 1.0
+    assert await facts.resource_version() == str(sim.store.resource_version)
+
+
+async def test_kinds_are_built_in_or_discovered_once(apiserver: tuple[Simulator, Upstream]) -> None:
+    sim, upstream = apiserver
+    facts = UpstreamFacts(upstream)
+    assert await facts.kind("", "v1", "secrets") == SECRETS
+    assert sim.requests == []  # built in: nothing read
+    for _ in range(2):
+        kind = await facts.kind("discovery.k8s.io", "v1", "endpointslices")
+        assert kind == c.ConcealedKind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+    assert reads(sim, "/apis/discovery.k8s.io/v1") == 1
+    for group, version, resource in [
+        ("discovery.k8s.io", "v1", "widgets"),  # the group version does not serve it
+        ("example.com", "v1", "widgets"),  # the group version does not exist (upstream 404)
+        ("", "v2", "secrets"),  # the core group only ever served v1: not even asked
+    ]:
+        with pytest.raises(StatusError) as caught:
+            await facts.kind(group, version, resource)
+        assert (caught.value.code, caught.value.reason) == (404, "NotFound")
+    assert not [r for r in sim.requests if r.raw_target.startswith("/api/v2")]
