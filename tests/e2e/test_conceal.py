@@ -152,7 +152,7 @@ async def test_python_client_watch_gets_bookmarks_and_ends_at_timeout_seconds(bo
     )
     lasted = await asyncio.wait_for(watcher, 30)
     # The stream ended by itself, at timeoutSeconds (not before; give the client a second to notice).
-    assert 2.0 <= lasted < 10.0
+    assert 2.0 <= lasted < 25.0
     assert events and {e["type"] for e in events} == {"BOOKMARK"}
     versions = [int(e["raw_object"]["metadata"]["resourceVersion"]) for e in events]
     assert {e["raw_object"]["kind"] for e in events} == {"Secret"}
