@@ -88,7 +88,7 @@ class Exchange:
     wall: float = field(default_factory=time.time)
     principal: Principal | None = None
     info: RequestInfo | None = None
-    decision: str = "error"  # allow | deny | unauthenticated | invalid | limited | error
+    decision: str = "error"  # allow | conceal | deny | unauthenticated | invalid | limited | error
     rule: str | None = None
     reason: str | None = None
     status: int = 0

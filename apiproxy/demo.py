@@ -119,7 +119,9 @@ async def _forged(tour: Tour) -> str:
 
 async def _denied(tour: Tour) -> str:
     box = tour.box
-    status, body = await tour.get("/api/v1/namespaces/istio-system/secrets", box.clusters["alpha"].token)
+    status, body = await tour.get(
+        "/api/v1/namespaces/istio-system/serviceaccounts", box.clusters["alpha"].token
+    )
     if status != 403:
         raise RuntimeError(f"expected 403, got {status}")
     from apiproxy.policy import load_policy
@@ -127,13 +129,13 @@ async def _denied(tour: Tour) -> str:
 
     alpha = box.clusters["alpha"]
     explanation = load_policy(box.policy).explain(
-        alpha.uuid, alpha.name, classify("GET", "/api/v1/namespaces/istio-system/secrets")
+        alpha.uuid, alpha.name, classify("GET", "/api/v1/namespaces/istio-system/serviceaccounts")
     )
     return (
-        "GET /api/v1/namespaces/istio-system/secrets as alpha:\n"
+        "GET /api/v1/namespaces/istio-system/serviceaccounts as alpha:\n"
         f"HTTP {status} {body['reason']}: {body['message']}\n"
         f"$ apiproxy policy explain --policy {box.policy} --cluster {alpha.uuid} GET "
-        f"/api/v1/namespaces/istio-system/secrets\n{explanation}"
+        f"/api/v1/namespaces/istio-system/serviceaccounts\n{explanation}"
     )
 
 
@@ -177,7 +179,8 @@ async def tour(workdir: Path, once: bool) -> int:
         kubeconfig = box.kubeconfig("alpha")
         t.say("\nTry it yourself:")
         t.say(f"   kubectl --kubeconfig {kubeconfig} get pods -A")
-        t.say(f"   kubectl --kubeconfig {kubeconfig} get secrets -A      # denied by the policy")
+        t.say(f"   kubectl --kubeconfig {kubeconfig} get serviceaccounts -A  # denied by the policy")
+        t.say(f"   kubectl --kubeconfig {kubeconfig} get secrets -A          # concealed: none, none read")
         if t.failures:
             t.say(f"\n{t.failures} step(s) failed")
             return 1

@@ -84,6 +84,13 @@ class Metrics:
             ["cluster", "reason"],
             registry=r,
         )
+        self.concealed_requests = Counter(
+            "apiproxy_concealed_requests_total",
+            "Requests the proxy answered itself, as if empty, because the policy conceals their resource "
+            "(nothing of them is forwarded); also counted in apiproxy_requests_total with their code.",
+            ["cluster", "verb", "resource"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "apiproxy_rate_limited_total",
             "Requests refused with 429, by limit.",

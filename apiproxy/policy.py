@@ -13,11 +13,22 @@ A policy is a YAML document shaped like RBAC (see ``policies/README.md`` for the
         verbs: ["get", "list", "watch"]
         namespaces: ["istio-system"]    # optional; absent = any namespace and the cluster scope
         resourceNames: ["istio", "istio-v*"]  # optional; a trailing "*" matches a prefix
+      - name: no-secrets
+        clusters: ["*"]
+        apiGroups: [""]
+        resources: ["secrets"]
+        verbs: ["get", "list", "watch"]
+        action: conceal                 # optional; "allow" (the default) or "conceal"
       - clusters: ["*"]
         nonResourceURLs: ["/version", "/api", "/api/*", "/apis", "/apis/*"]
         verbs: ["get"]
 
-Everything not allowed by some rule is denied. Verbs are ``get``, ``list`` and ``watch``; the single
+Everything not allowed by some rule is denied. A rule with ``action: conceal`` does not forward: the proxy
+answers get/list/watch itself as if no such object existed (an empty list with the apiserver's current
+resourceVersion, a watch that stays open with bookmarks, 404 for a name; see :mod:`apiproxy.conceal`). That
+is for resources a client insists on watching but must never see, where a 403 would keep it retrying for
+ever (a remote istiod's Secret informer). An allow rule that matches wins over a conceal rule, so an opt-in
+allow for one namespace still works. Verbs are ``get``, ``list`` and ``watch``; the single
 exception is ``create`` on ``authentication.k8s.io`` ``tokenreviews`` and ``authorization.k8s.io``
 ``subjectaccessreviews`` (they persist nothing and multi-primary meshes need them), cluster-scoped only.
 
@@ -42,6 +53,7 @@ import yaml
 from apiproxy.requestinfo import MalformedRequest, RequestInfo, classify
 
 __all__ = [
+    "ACTIONS",
     "API_VERSION",
     "KIND",
     "Decision",
@@ -57,6 +69,8 @@ API_VERSION = "apiproxy.io/v1alpha1"
 KIND = "Policy"
 
 READ_VERBS = frozenset({"get", "list", "watch"})
+#: What a rule does with the requests it matches: forward them, or answer them as if nothing existed.
+ACTIONS = ("allow", "conceal")
 #: The only (group, resource) pairs a rule may allow ``create`` on.
 REVIEW_CREATES = frozenset(
     {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")}
@@ -76,7 +90,7 @@ _LIST_FIELDS = (
     "namespaces",
     "nonResourceURLs",
 )
-_RULE_FIELDS = ("name", "description", *_LIST_FIELDS)
+_RULE_FIELDS = ("name", "description", "action", *_LIST_FIELDS)
 _TOP_FIELDS = ("apiVersion", "kind", "rules")
 _WRITE_VERBS = frozenset(
     {
@@ -111,11 +125,20 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome for one request: ``rule`` is the allowing rule's label (``None`` when denied)."""
+    """The outcome for one request: ``rule`` is the deciding rule's label (``None`` when denied).
+
+    ``allowed`` means forwarded upstream. A concealed request is not allowed (nothing of it goes upstream)
+    and not refused either: the proxy answers it itself, as if the resource were empty."""
 
     allowed: bool
     rule: str | None
     reason: str
+    concealed: bool = False
+
+    @property
+    def action(self) -> str:
+        """``allow``, ``conceal`` or ``deny``: what the proxy does, as audit records name it."""
+        return "allow" if self.allowed else "conceal" if self.concealed else "deny"
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,6 +160,12 @@ class Rule:
     url_prefixes: tuple[str, ...] = ()
     #: The ``resourceNames`` list as written (exact names and globs), for display and RBAC.
     names_as_written: tuple[str, ...] = ()
+    #: ``allow`` forwards what the rule matches; ``conceal`` answers it in the proxy (see the module doc).
+    action: str = "allow"
+
+    @property
+    def conceals(self) -> bool:
+        return self.action == "conceal"
 
     @property
     def is_resource_rule(self) -> bool:
@@ -226,17 +255,46 @@ class Policy:
     _urls: dict[str, tuple[Rule, ...]] = field(repr=False)
     _wild_group: bool = field(repr=False)
     _wild_resource: bool = field(repr=False)
+    #: Conceal rules, indexed like allow rules (they name no wildcards, so exact keys suffice).
+    _conceal_index: dict[_IndexKey, dict[str, tuple[Rule, ...]]] = field(repr=False, default_factory=dict)
 
     # ------------------------------------------------------------------ decisions
 
     def decide(self, cluster_uuid: str, cluster_name: str | None, info: RequestInfo) -> Decision:
-        """Allow or deny ``info`` for the remote cluster ``cluster_uuid`` (also known as ``cluster_name``)."""
+        """Allow, conceal or deny ``info`` for the remote cluster ``cluster_uuid`` (also ``cluster_name``).
+
+        Allow rules are consulted first: one that matches wins over any conceal rule."""
         rule = self._match(cluster_uuid, cluster_name, info)
         if rule is not None:
             return Decision(True, rule.label, f"allowed by rule {rule.label!r}")
+        rule = self._match_conceal(cluster_uuid, cluster_name, info)
+        if rule is not None:
+            return Decision(False, rule.label, f"concealed by rule {rule.label!r}", concealed=True)
         return Decision(False, None, self._deny_reason(info))
 
-    def _match(self, cluster_uuid: str, cluster_name: str | None, info: RequestInfo) -> Rule | None:
+    @property
+    def conceals_anything(self) -> bool:
+        return bool(self._conceal_index)
+
+    def _match_conceal(self, cluster_uuid: str, cluster_name: str | None, info: RequestInfo) -> Rule | None:
+        if (
+            not self._conceal_index
+            or not info.is_resource_request
+            or info.verb not in READ_VERBS
+            or info.method != "GET"
+        ):
+            return None
+        return self._match(cluster_uuid, cluster_name, info, self._conceal_index, wild=False)
+
+    def _match(
+        self,
+        cluster_uuid: str,
+        cluster_name: str | None,
+        info: RequestInfo,
+        index: dict[_IndexKey, dict[str, tuple[Rule, ...]]] | None = None,
+        *,
+        wild: bool = True,
+    ) -> Rule | None:
         verb = info.verb
         if _VERB_METHOD.get(verb) != info.method:
             return None  # e.g. a POST classified as watch (deprecated watch/ path), or any write
@@ -260,13 +318,14 @@ class Policy:
         group = info.api_group
         rp = info.resource_path
         keys: list[_IndexKey] = [(verb, group, rp)]
-        if self._wild_group:
+        if wild and self._wild_group:
             keys.append((verb, "*", rp))
-        if self._wild_resource and not info.subresource:
+        if wild and self._wild_resource and not info.subresource:
             keys.append((verb, group, "*"))
             if self._wild_group:
                 keys.append((verb, "*", "*"))
-        index = self._index
+        if index is None:
+            index = self._index
         for key in keys:
             by_cluster = index.get(key)
             if by_cluster is None:
@@ -292,7 +351,9 @@ class Policy:
     ) -> str:
         """Human text: the classified request, the decision, and the allowing rule or the closest misses."""
         d = self.decide(cluster_uuid, cluster_name, info)
-        matched = self._match(cluster_uuid, cluster_name, info)
+        matched = self._match(cluster_uuid, cluster_name, info) or self._match_conceal(
+            cluster_uuid, cluster_name, info
+        )
         cluster = cluster_uuid if not cluster_name else f"{cluster_uuid} ({cluster_name})"
         lines = [
             f"policy:      {self.source} (sha256 {self.sha256[:12]}, {len(self.rules)} rules)",
@@ -321,6 +382,19 @@ class Policy:
             if rule.description:
                 lines.append(f"             {rule.description}")
             return "\n".join(lines)
+        if d.concealed:
+            rule = matched
+            assert rule is not None
+            lines.append(
+                f"decision:    CONCEAL: concealed by rule {rule.label!r} ({self.source}:{rule.line})"
+            )
+            lines.append(
+                "             the proxy answers as if none existed (empty list, open watch, 404 for a "
+                "name); nothing is read upstream"
+            )
+            if rule.description:
+                lines.append(f"             {rule.description}")
+            return "\n".join(lines)
         lines.append(f"decision:    DENY: {d.reason}")
         ranked = sorted(
             ((r.misses(cluster_uuid, cluster_name, info), r) for r in self.rules),
@@ -334,7 +408,8 @@ class Policy:
                 why = (
                     "; ".join(misses) if misses else "matches, but the request is not a cluster-scoped create"
                 )
-                lines.append(f"  - {r.label} ({self.source}:{r.line}): {why}")
+                shown = f"{r.label} [conceal]" if r.conceals else r.label
+                lines.append(f"  - {shown} ({self.source}:{r.line}): {why}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ introspection
@@ -349,7 +424,14 @@ class Policy:
 
     def rbac_namespaces(self) -> list[str]:
         """Namespaces that rules restrict themselves to: each gets a Role of its own."""
-        return sorted({ns for r in self.rules if r.is_resource_rule and r.namespaces for ns in r.namespaces})
+        return sorted(
+            {
+                ns
+                for r in self.rules
+                if r.is_resource_rule and r.namespaces and not r.conceals
+                for ns in r.namespaces
+            }
+        )
 
     def rbac_rules(self, namespace: str | None = None) -> list[dict[str, list[str]]]:
         """The RBAC ``PolicyRule`` list the proxy's own service account needs to serve this policy.
@@ -358,11 +440,17 @@ class Policy:
         and the non-resource URLs. A namespace gives the rules restricted to it (for a Role there), so
         the proxy's identity reads in that namespace only. Globs cannot be expressed in
         ``resourceNames``: a rule with one comes out without names (the proxy still narrows each request).
+
+        Conceal rules grant nothing: the proxy never reads what they conceal. It does read the apiserver's
+        current resourceVersion for them (``list namespaces``, see :mod:`apiproxy.upstream_facts`), so a
+        policy that conceals anything gets that grant if no allow rule already gives it.
         """
         out: list[dict[str, list[str]]] = []
         seen: set[tuple[tuple[str, ...], ...]] = set()
         urls: set[str] = set()
         for r in self.rules:
+            if r.conceals:
+                continue
             if not r.is_resource_rule:
                 if namespace is None:
                     urls |= r.non_resource_urls | _globs(r.url_prefixes)
@@ -382,9 +470,23 @@ class Policy:
             if key not in seen:
                 seen.add(key)
                 out.append(entry)
+        if namespace is None and self.conceals_anything and not self._lists_namespaces():
+            out.append({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]})
         if urls:
             out.append({"nonResourceURLs": sorted(urls), "verbs": ["get"]})
         return out
+
+    def _lists_namespaces(self) -> bool:
+        """Whether some allow rule already grants cluster-wide ``list namespaces`` (every name)."""
+        return any(
+            not r.conceals
+            and r.namespaces is None
+            and r.resource_names is None
+            and "list" in r.verbs
+            and r.api_groups & {"", "*"}
+            and r.resources & {"namespaces", "*"}
+            for r in self.rules
+        )
 
     def rbac_manifests(
         self, name: str = "apiproxy", service_account: tuple[str, str] = ("apiproxy", "apiproxy")
@@ -496,6 +598,7 @@ class _RawRule:
     resource_names: list[str] | None = None
     namespaces: list[str] | None = None
     non_resource_urls: list[str] | None = None
+    action: str = "allow"
 
 
 class _Validator:
@@ -615,6 +718,14 @@ class _Validator:
                 self.err(fields["name"][1], "name must not be blank")
         if "description" in fields:
             raw.description = self.string(fields["description"][1], "description") or ""
+        if "action" in fields:
+            action = self.string(fields["action"][1], "action")
+            if action is not None and action not in ACTIONS:
+                close = [a for a in ACTIONS if a == action.strip().lower()]
+                hint = f"did you mean {close[0]!r}?" if close else '"allow" (the default) or "conceal"'
+                self.err(fields["action"][1], f"unknown action {action!r}", hint)
+            elif action is not None:
+                raw.action = action
 
         # clusters
         if "clusters" not in fields:
@@ -662,7 +773,36 @@ class _Validator:
             self.url_rule(raw, fields, lists)
         else:
             self.resource_rule(raw, node, what, fields, lists)
+        if raw.action == "conceal":
+            self.conceal_rule(raw, node, what, fields)
         return raw
+
+    def conceal_rule(
+        self, raw: _RawRule, node: yaml.Node, what: str, fields: dict[str, tuple[yaml.Node, yaml.Node]]
+    ) -> None:
+        """A concealed resource is answered by the proxy, so it must be one it can answer for: a named
+        top-level resource of a named group, read with get, list or watch."""
+        where = fields["action"][1]
+        if raw.non_resource_urls is not None:
+            self.err(where, f"{what}: nonResourceURLs cannot be concealed", "conceal applies to resources")
+            return
+        for verb in raw.verbs:
+            if verb not in READ_VERBS:
+                self.err(
+                    fields["verbs"][1],
+                    f"verb {verb!r} cannot be concealed: only get, list and watch can",
+                    'use verbs: ["get", "list", "watch"]',
+                )
+        if "*" in (raw.api_groups or ()):
+            self.err(fields["apiGroups"][1], "a conceal rule must name its API groups, not '*'")
+        for res in raw.resources or ():
+            if res == "*":
+                self.err(fields["resources"][1], "a conceal rule must name its resources, not '*'")
+            elif "/" in res:
+                self.err(
+                    fields["resources"][1],
+                    f"subresource {res!r} cannot be concealed: only whole resources can",
+                )
 
     def url_rule(
         self,
@@ -813,6 +953,7 @@ def _compile(text: str, source: str, raws: list[_RawRule]) -> Policy:
             "description": raw.description,
             "clusters": frozenset(raw.clusters),
             "verbs": frozenset(raw.verbs),
+            "action": raw.action,
         }
         if raw.non_resource_urls is not None:
             written = raw.non_resource_urls
@@ -840,24 +981,28 @@ def _compile(text: str, source: str, raws: list[_RawRule]) -> Policy:
         )
 
     index: dict[_IndexKey, dict[str, list[Rule]]] = {}
+    conceal: dict[_IndexKey, dict[str, list[Rule]]] = {}
     urls: dict[str, list[Rule]] = {}
     for rule in rules:
         if not rule.is_resource_rule:
             for c in rule.clusters:
                 urls.setdefault(c, []).append(rule)
             continue
+        target = conceal if rule.conceals else index
         for key in _keys(rule):
-            by_cluster = index.setdefault(key, {})
+            by_cluster = target.setdefault(key, {})
             for c in rule.clusters:
                 by_cluster.setdefault(c, []).append(rule)
+    allowing = [r for r in rules if not r.conceals]
     return Policy(
         source=source,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         rules=tuple(rules),
         _index={k: {c: tuple(rs) for c, rs in v.items()} for k, v in index.items()},
         _urls={c: tuple(rs) for c, rs in urls.items()},
-        _wild_group=any("*" in r.api_groups for r in rules),
-        _wild_resource=any("*" in r.resources for r in rules),
+        _wild_group=any("*" in r.api_groups for r in allowing),
+        _wild_resource=any("*" in r.resources for r in allowing),
+        _conceal_index={k: {c: tuple(rs) for c, rs in v.items()} for k, v in conceal.items()},
     )
 
 

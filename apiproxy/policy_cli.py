@@ -6,8 +6,9 @@
   request as the proxy would and prints the decision with the allowing rule or the closest misses.
   ``TARGET`` is the raw path and query (``/api/v1/pods?watch=true``); a full ``https://host/...`` URL is
   accepted too and only its path and query are used. Exit 0 when allowed, 1 when denied, 2 when the
-  request is malformed (the proxy would answer 400) or the policy does not load - so scripts and CI can
-  assert on a policy: ``apiproxy policy explain ... GET /api/v1/secrets && echo "too open"``.
+  request is malformed (the proxy would answer 400) or the policy does not load, 3 when concealed (the
+  proxy answers it itself, as if empty) - so scripts and CI can assert on a policy:
+  ``apiproxy policy explain ... GET /api/v1/secrets && echo "too open"``.
 * ``policy rbac FILE [--name NAME] [--service-account NS/NAME]`` prints the RBAC the proxy's service
   account needs: a ClusterRole for cluster-wide rules, a Role in each namespace rules are restricted to.
 """
@@ -43,7 +44,8 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "explain",
         help="show how a policy decides one request",
         description="Classify METHOD TARGET as the proxy would and show the decision. "
-        "Exit 0 when allowed, 1 when denied, 2 when the request is malformed or the policy invalid.",
+        "Exit 0 when allowed, 1 when denied, 2 when the request is malformed or the policy invalid, "
+        "3 when concealed (answered by the proxy as if empty, never forwarded).",
     )
     explain.add_argument("--policy", required=True, metavar="FILE")
     explain.add_argument("--cluster", required=True, metavar="UUID", help="the remote cluster's UUID")
@@ -55,7 +57,8 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     rbac = sub.add_parser(
         "rbac",
         help="print the ClusterRole the proxy's service account needs",
-        description="Print a ClusterRole granting what the policy can allow (the proxy narrows it further).",
+        description="Print a ClusterRole granting what the policy can allow (the proxy narrows it further). "
+        "Concealed resources get no grant: the proxy never reads them.",
     )
     rbac.add_argument("file", metavar="FILE")
     rbac.add_argument("--name", default="apiproxy", help="metadata.name of the roles and bindings")
@@ -97,7 +100,11 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"decision:    REJECT ({exc.code}): {exc.message}", file=out)
         return 2
     print(policy.explain(args.cluster, args.cluster_name, info), file=out)
-    return 0 if policy.decide(args.cluster, args.cluster_name, info).allowed else 1
+    return _EXIT_CODES[policy.decide(args.cluster, args.cluster_name, info).action]
+
+
+#: ``policy explain`` exit status by decision: non-zero unless the request would be forwarded.
+_EXIT_CODES = {"allow": 0, "deny": 1, "conceal": 3}
 
 
 def cmd_rbac(args: argparse.Namespace, out: TextIO | None = None) -> int:

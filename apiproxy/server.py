@@ -12,24 +12,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from apiproxy import http1
+from apiproxy import conceal, http1
 from apiproxy.audit import AuditLog, Exchange, audit_id
 from apiproxy.auth.principal import Principal
 from apiproxy.authn import Unauthorized
 from apiproxy.headers import client_response_headers, upstream_request_headers
 from apiproxy.limits import RateLimiter, TooManyRequests, WatchCounter, cap_watch_timeout
 from apiproxy.metrics import OTHER, Metrics
-from apiproxy.policy import Policy, forbidden_message
+from apiproxy.policy import Decision, Policy, forbidden_message
 from apiproxy.requestinfo import MalformedRequest, RequestInfo, classify
 from apiproxy.reviews import check_review_body
 from apiproxy.status import StatusError
 from apiproxy.upstream import Upstream, UpstreamError
+from apiproxy.upstream_facts import UpstreamFacts
 
 log = logging.getLogger("apiproxy.server")
 
@@ -55,17 +56,35 @@ class Limits:
     max_watch_timeout: float = 1800.0
     #: Longest a client may leave a response unread before the proxy hangs up on it (and upstream).
     client_stall_timeout: float = 60.0
+    #: Seconds between the bookmarks of a concealed watch (kube-apiserver sends one about every minute).
+    conceal_bookmark_interval: float = 60.0
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class _ConcealedStop:
+    """What a concealed watch has instead of an upstream response: closing it ends the stream."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    def close(self) -> None:
+        self.closed.set()
 
 
 @dataclass(eq=False)
 class ActiveWatch:
-    """A watch stream being relayed; kept so a policy or trust change can revoke it."""
+    """A watch stream being relayed (or, for a concealed resource, answered); kept so a policy or trust
+    change can revoke it. ``action`` is the policy's decision it was opened under."""
 
     principal: Principal
     info: RequestInfo
-    upstream: http1.Response
+    upstream: _Closable
     started: float = field(default_factory=time.monotonic)
     revoked: str | None = None
+    action: str = "allow"
 
     def revoke(self, why: str) -> None:
         """End the stream: closing the upstream response wakes the relay loop, which ends cleanly."""
@@ -122,6 +141,8 @@ class ProxyHandler:
         #: Conditions worth reporting that do not make the proxy unready (it serves the last good config).
         self.readiness_warnings: list[Callable[[], str | None]] = []
         self._upstream_ready = ReadinessCache(upstream.check_ready)
+        #: The apiserver's resourceVersion and resource kinds, for concealed answers.
+        self.facts = UpstreamFacts(upstream)
         self._named: tuple[Policy | None, frozenset[tuple[str, str]]] = (None, frozenset())
         #: Metric children by label values: ``labels()`` validates and locks on every call.
         self._children: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
@@ -158,9 +179,13 @@ class ProxyHandler:
             ex.info = info = classify(request.method, ex.target)
         except MalformedRequest as exc:
             raise StatusError(exc.code, exc.message) from exc
-        self._authorize(ex, principal, info)
+        decision = self._authorize(ex, principal, info)
         ex.decision = "limited"
         self._limit(principal, info)
+        if decision.concealed:
+            ex.decision = "conceal"
+            await self._read_body(request, info)  # refuses a body, as for any GET
+            return await self._conceal(request, ex, principal, info)
         ex.decision = "allow"
         headers = upstream_request_headers(request.headers)
         headers["Audit-ID"] = ex.audit_id
@@ -168,14 +193,15 @@ class ProxyHandler:
         headers["Authorization"] = self.upstream.token.authorization()
         return await self._forward(request, ex, principal, info, headers, body)
 
-    def _authorize(self, ex: Exchange, principal: Principal, info: RequestInfo) -> None:
+    def _authorize(self, ex: Exchange, principal: Principal, info: RequestInfo) -> Decision:
         decision = self.policy().decide(principal.cluster_uuid, principal.cluster_name, info)
         ex.rule = decision.rule
-        if not decision.allowed:
+        if not decision.allowed and not decision.concealed:
             ex.decision = "deny"
             ex.reason = decision.reason
             message, details = forbidden_message(info, principal.display, decision.reason)
             raise StatusError(403, message, details=details)
+        return decision
 
     def _limit(self, principal: Principal, info: RequestInfo) -> None:
         if info.verb != "watch":
@@ -337,6 +363,137 @@ class ProxyHandler:
             ex.reason = "the client went away"
         return response
 
+    # -- concealed resources: answered here, nothing forwarded (see apiproxy.conceal) ------------------
+
+    async def _conceal(
+        self, request: web.BaseRequest, ex: Exchange, principal: Principal, info: RequestInfo
+    ) -> web.StreamResponse:
+        if info.verb == "get":
+            raise conceal.not_found(info.api_group, info.resource, info.name)
+        watch = info.verb == "watch"
+        encoding = conceal.negotiate(request.headers.get("Accept"), watch=watch)
+        options = conceal.WatchOptions.from_target(info.forward_target, watch=watch)
+        kind = await self.facts.kind(info.api_group, info.api_version, info.resource)
+        if watch:
+            return await self._conceal_watch(request, ex, principal, info, encoding, kind, options)
+        body = conceal.empty_list(encoding, kind, await self.facts.resource_version())
+        response = web.Response(body=body, headers=self._conceal_headers(ex, encoding, watch=False))
+        ex.status, ex.bytes = 200, len(body)
+        await self._send_concealed(request, ex, response)
+        return response
+
+    def _conceal_headers(self, ex: Exchange, encoding: conceal.Encoding, *, watch: bool) -> dict[str, str]:
+        return {
+            "Audit-ID": ex.audit_id,
+            "Cache-Control": "no-cache, private",
+            "Content-Type": encoding.content_type(watch=watch),
+        }
+
+    async def _send_concealed(
+        self, request: web.BaseRequest, ex: Exchange, response: web.StreamResponse
+    ) -> None:
+        if self.shutting_down:
+            response.force_close()
+        ex.first_byte = time.perf_counter() - ex.started
+        try:
+            await response.prepare(request)
+            if isinstance(response, web.Response):
+                await response.write_eof()
+        except ConnectionResetError:
+            ex.reason = "the client went away"
+
+    async def _conceal_watch(
+        self,
+        request: web.BaseRequest,
+        ex: Exchange,
+        principal: Principal,
+        info: RequestInfo,
+        encoding: conceal.Encoding,
+        kind: conceal.ConcealedKind,
+        options: conceal.WatchOptions,
+    ) -> web.StreamResponse:
+        """A watch that stays open with bookmarks only; it holds a slot and a place in ``watches`` as a
+        relayed watch does, so limits, revocation and shutdown treat both alike."""
+        if self.draining:
+            raise StatusError(503, "the proxy is shutting down; watch again", headers={"Retry-After": "1"})
+        cluster = principal.display
+        ex.decision = "limited"
+        self.watch_slots.acquire(cluster)
+        ex.decision = "conceal"
+        try:
+            # Audited as the watch in force (its timeout capped), though nothing of it goes upstream.
+            ex.forwarded, timeout = cap_watch_timeout(info.forward_target, self.limits.max_watch_timeout)
+            version = await self.facts.resource_version()  # 503 before the stream starts if unknown
+            stop = _ConcealedStop()
+            active = ActiveWatch(principal, info, stop, action="conceal")
+            self.watches.add(active)
+            resource = self._resource_label(info)
+            gauge = self.metrics.watches_active.labels(cluster, resource)
+            gauge.inc()
+            try:
+                response = web.StreamResponse(headers=self._conceal_headers(ex, encoding, watch=True))
+                response.enable_chunked_encoding()
+                ex.status = 200
+                await self._send_concealed(request, ex, response)
+                if ex.reason is None:
+                    await self._stream_bookmarks(
+                        ex, response, active, stop, encoding, kind, options, version, timeout
+                    )
+                return response
+            finally:
+                gauge.dec()
+                self.watches.discard(active)
+                self.metrics.watch_duration.labels(resource).observe(time.monotonic() - active.started)
+        finally:
+            self.watch_slots.release(cluster)
+
+    async def _stream_bookmarks(
+        self,
+        ex: Exchange,
+        response: web.StreamResponse,
+        active: ActiveWatch,
+        stop: _ConcealedStop,
+        encoding: conceal.Encoding,
+        kind: conceal.ConcealedKind,
+        options: conceal.WatchOptions,
+        version: str,
+        timeout: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        bookmarks = options.allow_bookmarks
+        try:
+            if options.initial_events_end:
+                event = conceal.bookmark_event(encoding, kind, version, initial_events_end=True)
+                if event is not None:
+                    ex.bytes += len(event)
+                    await response.write(event)
+            while (left := deadline - loop.time()) > 0:
+                wait = min(left, self.limits.conceal_bookmark_interval) if bookmarks else left
+                try:
+                    async with asyncio.timeout(wait):
+                        await stop.closed.wait()
+                    ex.reason = f"ended by the proxy: {active.revoked}"
+                    break
+                except TimeoutError:
+                    pass
+                if not bookmarks or deadline - loop.time() <= 0:
+                    continue
+                try:
+                    version = await self.facts.resource_version()
+                except UpstreamError as exc:
+                    log.warning(
+                        "%s: concealed watch sends no bookmark this time: %s", ex.audit_id, exc.message
+                    )
+                    continue
+                event = conceal.bookmark_event(encoding, kind, version)
+                if event is not None:
+                    ex.bytes += len(event)
+                    await response.write(event)
+            await response.write_eof()  # a clean end, as at timeoutSeconds: the client watches again
+        except ConnectionResetError:
+            ex.reason = "the client went away"
+
     # -- refusals and accounting ----------------------------------------------------------------------
 
     def _refuse(self, ex: Exchange, exc: StatusError) -> web.StreamResponse:
@@ -381,6 +538,8 @@ class ProxyHandler:
         duration.observe(ex.first_byte if ex.first_byte is not None else time.perf_counter() - ex.started)
         if ex.bytes and ex.decision == "allow":
             response_bytes.inc(ex.bytes)
+        if ex.decision == "conceal":
+            self.metrics.concealed_requests.labels(cluster, verb, resource).inc()
         if self.audit is not None:
             self.audit.write(ex)
 
@@ -443,13 +602,18 @@ class ProxyHandler:
     # -- revocation -----------------------------------------------------------------------------------
 
     def revoke_watches(self, why: str, allowed: Callable[[Principal], bool] | None = None) -> int:
-        """Re-authorize every open watch; close those the policy (or ``allowed``) no longer permits."""
+        """Re-authorize every open watch; close those the policy (or ``allowed``) no longer permits.
+
+        A watch stays only under the same decision it was opened with: a relayed watch whose resource is
+        now concealed is closed (it would go on streaming what must not be seen), and so is a concealed
+        watch whose resource is now allowed (the client watches again and gets the real objects)."""
         policy = self.policy()
         closed = 0
         for watch in list(self.watches):
-            still = policy.decide(
-                watch.principal.cluster_uuid, watch.principal.cluster_name, watch.info
-            ).allowed
+            still = (
+                policy.decide(watch.principal.cluster_uuid, watch.principal.cluster_name, watch.info).action
+                == watch.action
+            )
             if still and allowed is not None:
                 still = allowed(watch.principal)
             if not still:

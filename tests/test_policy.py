@@ -93,6 +93,23 @@ INVALID = [
      ["p.yaml:8: rule name 'a' is used twice (first on line 4)"]),
     ("  - clusters: ['*']\n    apiGroups: ['']\n    resources: pods\n    verbs: [get]\n",
      ["p.yaml:6: resources must be a list of strings"]),
+    ("  - clusters: ['*']\n    apiGroups: ['']\n    resources: [secrets]\n    verbs: [get]\n    action: hide\n",
+     ["p.yaml:8: unknown action 'hide' (hint: \"allow\" (the default) or \"conceal\")"]),
+    ("  - clusters: ['*']\n    apiGroups: ['']\n    resources: [secrets]\n    verbs: [get]\n    action: Conceal\n",
+     ["p.yaml:8: unknown action 'Conceal' (hint: did you mean 'conceal'?)"]),
+    ("  - clusters: ['*']\n    apiGroups: ['']\n    resources: [secrets]\n    verbs: [get]\n    action: [conceal]\n",
+     ["p.yaml:8: action must be a string"]),
+    ("  - clusters: ['*']\n    apiGroups: [authentication.k8s.io]\n    resources: [tokenreviews]\n"
+     "    verbs: [create]\n    action: conceal\n",
+     ["p.yaml:7: verb 'create' cannot be concealed: only get, list and watch can"]),
+    ("  - clusters: ['*']\n    nonResourceURLs: [/version]\n    verbs: [get]\n    action: conceal\n",
+     ["p.yaml:7: rules[0]: nonResourceURLs cannot be concealed"]),
+    ("  - clusters: ['*']\n    apiGroups: ['']\n    resources: ['*']\n    verbs: [list]\n    action: conceal\n",
+     ["p.yaml:6: a conceal rule must name its resources, not '*'"]),
+    ("  - clusters: ['*']\n    apiGroups: ['*']\n    resources: [secrets]\n    verbs: [list]\n    action: conceal\n",
+     ["p.yaml:5: a conceal rule must name its API groups, not '*'"]),
+    ("  - clusters: ['*']\n    apiGroups: ['']\n    resources: [pods/log]\n    verbs: [get]\n    action: conceal\n",
+     ["p.yaml:6: subresource 'pods/log' cannot be concealed: only whole resources can"]),
 ]  # fmt: skip
 
 
@@ -226,8 +243,150 @@ def test_istio_remote_decisions(istio: Policy, method: str, target: str, allowed
     info = classify(method, target)
     decision = istio.decide("3f1c-uuid", "alpha", info)
     assert decision.allowed is allowed, (decision, istio.explain("3f1c-uuid", "alpha", info))
-    assert (decision.rule is not None) is allowed
+    assert (decision.rule is not None) is (allowed or decision.concealed)
+    assert not (decision.allowed and decision.concealed)
     assert decision.reason
+
+
+ISTIO_CONCEALED = [
+    # istiod's gateway-credentials informer: every namespace, with its field selector.
+    (
+        "/api/v1/secrets?fieldSelector=type%21%3Dhelm.sh%2Frelease.v1%2Ctype%21%3Dkubernetes.io"
+        "%2Fservice-account-token&limit=500&resourceVersion=0",
+        "secrets-concealed",
+    ),
+    ("/api/v1/secrets?watch=true&allowWatchBookmarks=true&timeoutSeconds=300", "secrets-concealed"),
+    ("/api/v1/namespaces/istio-system/secrets/cacerts", "secrets-concealed"),
+    ("/api/v1/watch/namespaces/d8-istio/secrets", "secrets-concealed"),
+    # istiod 1.26's configmap informer, cluster-wide.
+    ("/api/v1/configmaps?limit=500&resourceVersion=0", "configmaps-concealed"),
+    ("/api/v1/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan", "configmaps-concealed"),
+    ("/api/v1/namespaces/istio-system/configmaps", "configmaps-concealed"),
+    # The mesh-config allow rule wins over the conceal rule for the configmaps it names.
+    ("/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Distio&watch=1", None),
+    ("/api/v1/namespaces/istio-system/configmaps/istio", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("target", "rule"), ISTIO_CONCEALED)
+def test_istio_remote_conceals_secrets_and_cluster_wide_configmaps(
+    istio: Policy, target: str, rule: str | None
+) -> None:
+    decision = istio.decide("3f1c-uuid", "alpha", classify("GET", target))
+    if rule is None:
+        assert decision.action == "allow" and decision.rule == "mesh-config"
+    else:
+        assert (decision.action, decision.rule, decision.allowed) == ("conceal", rule, False)
+        assert decision.reason == f"concealed by rule {rule!r}"
+
+
+def test_a_named_configmap_outside_mesh_config_is_still_denied(istio: Policy) -> None:
+    # Only list and watch of configmaps are concealed: a GET by name is refused as before.
+    info = classify("GET", "/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert")
+    assert istio.decide("u", None, info).action == "deny"
+
+
+CONCEALING = """\
+apiVersion: apiproxy.io/v1alpha1
+kind: Policy
+rules:
+  - name: hide-secrets
+    description: the client watches them but must never see one
+    clusters: ["*"]
+    apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["get", "list", "watch"]
+    action: conceal
+  - name: gateway-credentials
+    clusters: ["alpha"]
+    apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["get", "list", "watch"]
+    namespaces: ["d8-istio"]
+  - name: hide-widgets
+    clusters: ["beta"]
+    apiGroups: ["example.com"]
+    resources: ["widgets"]
+    verbs: ["list"]
+    namespaces: ["team-b"]
+    action: conceal
+  - name: allow
+    clusters: ["*"]
+    action: allow
+    apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["list"]
+"""
+
+
+@pytest.fixture(scope="module")
+def concealing() -> Policy:
+    return parse_policy(CONCEALING, "c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("cluster", "name", "method", "target", "action", "rule"),
+    [
+        ("u1", "alpha", "GET", "/api/v1/namespaces/d8-istio/secrets", "allow", "gateway-credentials"),
+        ("u1", "alpha", "GET", "/api/v1/namespaces/d8-istio/secrets/x", "allow", "gateway-credentials"),
+        ("u1", "alpha", "GET", "/api/v1/namespaces/other/secrets", "conceal", "hide-secrets"),
+        ("u2", "beta", "GET", "/api/v1/namespaces/d8-istio/secrets", "conceal", "hide-secrets"),
+        ("u2", "beta", "GET", "/api/v1/secrets?watch=1", "conceal", "hide-secrets"),
+        ("u2", "beta", "GET", "/apis/example.com/v1/namespaces/team-b/widgets", "conceal", "hide-widgets"),
+        ("u2", "beta", "GET", "/apis/example.com/v1/namespaces/team-b/widgets?watch=1", "deny", None),
+        ("u2", "beta", "GET", "/apis/example.com/v1/namespaces/team-c/widgets", "deny", None),
+        ("u1", "alpha", "GET", "/apis/example.com/v1/namespaces/team-b/widgets", "deny", None),
+        ("u2", "beta", "GET", "/api/v1/namespaces/x/secrets/s/status", "deny", None),
+        ("u2", "beta", "DELETE", "/api/v1/namespaces/x/secrets/s", "deny", None),
+        ("u2", "beta", "POST", "/api/v1/namespaces/x/secrets", "deny", None),
+        ("u2", "beta", "POST", "/api/v1/watch/secrets", "deny", None),
+        ("u2", "beta", "GET", "/api/v1/pods", "allow", "allow"),
+    ],
+)
+def test_allow_wins_over_conceal_and_only_reads_are_concealed(
+    concealing: Policy, cluster: str, name: str, method: str, target: str, action: str, rule: str | None
+) -> None:
+    decision = concealing.decide(cluster, name, classify(method, target))
+    assert (decision.action, decision.rule) == (action, rule)
+    assert decision.allowed is (action == "allow")
+    assert decision.concealed is (action == "conceal")
+
+
+def test_explain_says_concealed_and_by_which_rule(concealing: Policy) -> None:
+    text = concealing.explain("u2", "beta", classify("GET", "/api/v1/secrets?watch=true"))
+    assert "decision:    CONCEAL: concealed by rule 'hide-secrets' (c.yaml:4)" in text
+    assert "nothing is read upstream" in text
+    assert "the client watches them but must never see one" in text
+    denied = concealing.explain("u2", "beta", classify("GET", "/api/v1/configmaps"))
+    assert "DENY" in denied and "hide-secrets [conceal] (c.yaml:4): resource 'configmaps' not in" in denied
+
+
+def test_rbac_grants_nothing_for_concealed_rules(concealing: Policy, istio: Policy) -> None:
+    granted = {
+        (g, r)
+        for rule in concealing.rbac_rules()
+        for g in rule.get("apiGroups", [])
+        for r in rule["resources"]
+    }
+    assert ("", "secrets") not in granted and ("example.com", "widgets") not in granted
+    # Only the opt-in allow rule's namespace gets a Role with secrets; team-b (concealed only) gets none.
+    assert concealing.rbac_namespaces() == ["d8-istio"]
+    (role,) = concealing.rbac_rules("d8-istio")
+    assert role["resources"] == ["secrets"]
+    assert concealing.rbac_rules("team-b") == []
+    # The one read a conceal rule needs: the apiserver's current resourceVersion, from a namespace list.
+    assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]} in concealing.rbac_rules()
+    # The shipped policy already lists namespaces, so nothing is added; and nothing names secrets.
+    text = istio.rbac_yaml()
+    assert "secrets" not in text
+    assert [r for r in istio.rbac_rules() if r.get("resources") == ["namespaces"]] == []
+    assert all("configmaps" not in r.get("resources", []) for r in istio.rbac_rules())
+    assert istio.rbac_namespaces() == ["istio-system"]
+
+
+def test_a_policy_without_conceal_rules_gets_no_extra_grant(scoped: Policy) -> None:
+    assert not scoped.conceals_anything
+    assert all(r.get("resources") != ["namespaces"] for r in scoped.rbac_rules())
 
 
 SCOPED = """\

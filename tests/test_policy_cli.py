@@ -43,7 +43,13 @@ def test_check_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     [
         ("GET", "/api/v1/pods?watch=true", 0, "ALLOW by rule 'service-registry-core'"),
         ("get", "https://proxy.example:4443/api/v1/nodes", 0, "ALLOW"),
-        ("GET", "/api/v1/namespaces/istio-system/secrets", 1, "closest rules:"),
+        (
+            "GET",
+            "/api/v1/namespaces/istio-system/secrets",
+            3,
+            "CONCEAL: concealed by rule 'secrets-concealed'",
+        ),
+        ("GET", "/api/v1/namespaces/istio-system/serviceaccounts", 1, "closest rules:"),
         ("DELETE", "/api/v1/namespaces/x/pods/p", 1, "DENY"),
         ("GET", "/api/v1/pods/", 2, "REJECT (400)"),
         ("HEAD", "/api/v1/pods", 2, "REJECT (405)"),
@@ -85,6 +91,7 @@ def test_rbac(capsys: pytest.CaptureFixture[str]) -> None:
     assert "kind: ClusterRole" in out
     assert "name: istio-reader" in out
     assert "tokenreviews" in out
+    assert "secrets" not in out  # concealed: the proxy never reads them, so it is granted nothing
 
 
 def test_target_from_url() -> None:

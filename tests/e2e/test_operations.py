@@ -61,7 +61,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 async def mixed_workload(box: Sandbox) -> None:
     alpha = box.clusters["alpha"].token
     assert await get(box, "/api/v1/pods?limit=5", alpha) == 200
-    assert await get(box, "/api/v1/namespaces/istio-system/secrets", alpha) == 403
+    assert await get(box, "/api/v1/namespaces/istio-system/serviceaccounts", alpha) == 403
     assert await get(box, "/api/v1/pods", "not.a.token") == 401
     assert await get(box, "/api/v1/pods?watch=maybe", alpha) == 400
     watch = "/api/v1/namespaces?watch=true&timeoutSeconds=1"
@@ -77,7 +77,8 @@ async def test_metrics_after_a_mixed_workload(sandbox: Sandbox, tmp_path: Path) 
         sample(text, "apiproxy_requests_total", cluster="alpha", verb="list", resource="pods", code="200")
         == 1
     )
-    # No rule names secrets: denied requests for them are counted under "other", keeping labels bounded.
+    # No rule names serviceaccounts: denied requests for them are counted under "other", keeping labels
+    # bounded.
     assert (
         sample(text, "apiproxy_requests_total", cluster="alpha", verb="list", resource="other", code="403")
         == 1
@@ -131,7 +132,7 @@ async def test_audit_id_is_propagated_or_set(sandbox: Sandbox) -> None:
     async with session(sandbox, sandbox.clusters["alpha"].token) as s:
         async with s.get(sandbox.proxy_url + "/api/v1/nodes", headers={"Audit-ID": "trace-123"}) as resp:
             assert resp.headers["Audit-Id"] == "trace-123"
-        async with s.get(sandbox.proxy_url + "/api/v1/secrets") as resp:
+        async with s.get(sandbox.proxy_url + "/api/v1/serviceaccounts") as resp:
             assert resp.status == 403
             generated = resp.headers["Audit-Id"]
     assert sandbox.simulator.requests[-1].headers["Audit-ID"] == "trace-123"
