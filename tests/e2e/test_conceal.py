@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -419,74 +416,6 @@ async def test_shutdown_ends_a_concealed_watch_cleanly(tmp_path: Path) -> None:
     finally:
         if not stopped:
             await box.stop()
-
-
-# -- a client-go informer, speaking protobuf -------------------------------------------------------------
-
-INFORMER_SOURCE = Path(__file__).parent / "informer"
-
-
-@pytest.fixture(scope="session")
-def informer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/e2e/informer built with the local Go toolchain and module cache (nothing is downloaded)."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("go is not installed")
-    binary = tmp_path_factory.mktemp("informer") / "informer"
-    built = subprocess.run(
-        [go, "build", "-o", str(binary), "."],
-        cwd=INFORMER_SOURCE,
-        env={**os.environ, "GOPROXY": "off", "GOFLAGS": "-mod=readonly"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if built.returncode != 0 and "GOPROXY=off" in built.stderr:
-        pytest.skip("client-go is not in the local Go module cache")
-    assert built.returncode == 0, built.stderr
-    return binary
-
-
-async def test_client_go_informers_sync_in_protobuf_and_stay_synced_through_watch_timeouts(
-    tmp_path: Path, informer: Path
-) -> None:
-    # Watches capped at 1 s: in the informer's few seconds each of its watches times out several times.
-    box = Sandbox(tmp_path, settings={"max_watch_timeout": 1.0})
-    await box.start()
-    try:
-        assert box.proxy is not None and box.simulator is not None
-        box.proxy.handler.limits.conceal_bookmark_interval = 0.2
-        proc = await asyncio.create_subprocess_exec(
-            str(informer),
-            str(box.kubeconfig()),
-            "4",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 0, err.decode()
-        synced, done = (json.loads(line) for line in out.decode().splitlines())
-        assert synced["synced"] and (synced["secrets"], synced["configmaps"]) == (0, 0)
-        assert synced["secretsVersion"].isdigit() and synced["configmapsVersion"].isdigit()
-        # Still synced, still empty, not one event, after its watches timed out and were opened again.
-        assert done["synced"] and (done["secrets"], done["configmaps"], done["events"]) == (0, 0, 0)
-        assert done["contentTypes"] == [
-            "application/vnd.kubernetes.protobuf",
-            "application/vnd.kubernetes.protobuf;stream=watch",
-        ] or done["contentTypes"] == ["application/vnd.kubernetes.protobuf;stream=watch"]
-        records = box.audit_records()
-        for resource in ("secrets", "configmaps"):
-            mine = [r for r in records if r.get("resource") == resource]
-            watches = [r for r in mine if r["verb"] == "watch"]
-            assert len(watches) >= 2, mine
-            assert {(r["decision"], r["status"]) for r in mine} == {("conceal", 200)}
-            # Synced once (one LIST, or none with a streaming list), never relisted.
-            assert len([r for r in mine if r["verb"] == "list"]) <= 1
-        assert secret_requests(box) == []
-        assert not [t for t in upstream_targets(box) if "configmaps" in t]
-    finally:
-        await box.stop()
 
 
 async def test_a_policy_change_that_conceals_secrets_closes_a_relayed_watch(tmp_path: Path) -> None:
