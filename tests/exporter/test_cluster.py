@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from multidict import CIMultiDict
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from multidict import CIMultiDict
 
 from apiproxy.auth.keys import public_key_pem
 from apiproxy.metadata import parse_federation, parse_multicluster, parse_public, parse_spiffe_bundle
