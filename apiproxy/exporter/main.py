@@ -64,6 +64,7 @@ class RunningExporter:
     reloader: Reloader
     runner: web.AppRunner
     site: web.TCPSite
+    handler: ExporterHandler
     metrics_runner: web.AppRunner | None = None
     metrics_site: web.TCPSite | None = None
     loops: list[WatchLoop] = field(default_factory=list)
@@ -135,7 +136,7 @@ async def start_exporter(
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls.context if tls is not None else None)
     await site.start()
-    running = RunningExporter(state, metrics, reloader, runner, site, tls=tls)
+    running = RunningExporter(state, metrics, reloader, runner, site, handler, tls=tls)
     if settings.metrics_listen:
         mhost, mport = parse_listen(settings.metrics_listen)
         running.metrics_runner = web.AppRunner(build_metrics_app(metrics), access_log=None)
