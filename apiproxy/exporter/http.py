@@ -10,21 +10,28 @@ the document; a 304 is only ever given to a caller that passed the token check.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any, Final
 
 from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestHandler
 
 from apiproxy.auth import MAX_TOKEN_LENGTH, AuthenticationError, bearer_token
 from apiproxy.exporter.catalog import DOCUMENTS, Document
-from apiproxy.exporter.metrics import ExporterMetrics
+from apiproxy.exporter.metrics import CODES, ExporterMetrics
 from apiproxy.exporter.state import ExporterState
 
 #: What every response says in ``Server`` instead of aiohttp's ``Python/x.y aiohttp/x.y.z``.
 SERVER_NAME: Final = "apiproxy-exporter"
-#: Longer ``Authorization`` values are refused before any parsing.
+#: Longer ``Authorization`` values are refused (401) before any parsing.
 MAX_AUTHORIZATION: Final = MAX_TOKEN_LENGTH + len("Bearer ") + 16
+#: aiohttp's limit on one header line; anything longer never reaches the handler and gets a bare 400.
+MAX_FIELD_SIZE: Final = 64 * 1024
+
+log = logging.getLogger("apiproxy.exporter")
 _JSON: Final = "application/json"
 _ALLOW: Final = "GET, HEAD"
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
@@ -32,12 +39,55 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 def _json(status: int, value: Any, **headers: str) -> web.Response:
     return web.Response(
-        status=status, body=_encode(value).encode("ascii") + b"\n", content_type=_JSON, headers=headers
+        status=status,
+        body=_encode(value).encode("ascii") + b"\n",
+        content_type=_JSON,
+        headers={hdrs.SERVER: SERVER_NAME, **headers},
     )
 
 
-async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers[hdrs.SERVER] = SERVER_NAME
+class _QuietRequestHandler(RequestHandler):
+    """aiohttp's connection handler, but its own error responses say nothing about the request.
+
+    aiohttp answers a request it cannot parse (a header line over ``max_field_size``, bad framing) with a
+    400 whose body and log line quote the first 100 bytes of the offending line: for an oversized
+    ``Authorization`` header, the token. Here the answer is a fixed JSON body, the log line names only the
+    status and the peer, and ``Server`` carries no versions.
+    """
+
+    on_error: Callable[[int], None] | None = None
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            log.error("request from %s failed", request.remote, exc_info=exc)
+        else:
+            log.warning("refused an unparsable request from %s (HTTP %d)", request.remote, status)
+        if self.on_error is not None:
+            self.on_error(status)
+        error = "internal_error" if status >= 500 else "bad_request"
+        response = _json(status, {"error": error})
+        response.force_close()
+        return response
+
+
+class ExporterServer(web.Server):
+    """aiohttp's low-level server with :class:`_QuietRequestHandler` connections."""
+
+    def __init__(self, handler: Any, *, on_error: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(handler, max_field_size=MAX_FIELD_SIZE, **kwargs)
+        self._on_error = on_error
+
+    def __call__(self) -> RequestHandler:
+        # Same construction as web.Server.__call__ (which reads these two attributes too).
+        connection = _QuietRequestHandler(self, loop=self._loop, **self._kwargs)
+        connection.on_error = self._on_error
+        return connection
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -77,14 +127,21 @@ class ExporterHandler:
         self._count = {
             (endpoint, code): metrics.requests.labels(endpoint, code)
             for endpoint in (*(label for label, _ in DOCUMENTS.values()), "healthz", "readyz", "other")
-            for code in ("200", "304", "401", "404", "405", "503")
+            for code in CODES
         }
 
     def _done(self, endpoint: str, response: web.Response) -> web.Response:
+        response.headers[hdrs.SERVER] = SERVER_NAME
         self._count[endpoint, str(response.status)].inc()
         return response
 
-    async def handle(self, request: web.Request) -> web.Response:
+    def count_error(self, status: int) -> None:
+        """A request aiohttp refused before the handler (unparsable), or a handler failure."""
+        counter = self._count.get(("other", str(status)))
+        if counter is not None:
+            counter.inc()
+
+    async def handle(self, request: web.BaseRequest) -> web.Response:
         path = request.raw_path.partition("?")[0]
         entry = DOCUMENTS.get(path)
         if entry is None:
@@ -118,7 +175,7 @@ class ExporterHandler:
             )
         return self._done(label, response)
 
-    def _authenticate(self, request: web.Request, scope: str) -> str:
+    def _authenticate(self, request: web.BaseRequest, scope: str) -> str:
         values = request.headers.getall(hdrs.AUTHORIZATION, [])
         if not values:
             raise AuthenticationError(
@@ -134,7 +191,7 @@ class ExporterHandler:
         return principal.cluster_uuid
 
     @staticmethod
-    def _document(request: web.Request, document: Document, *, private: bool) -> web.Response:
+    def _document(request: web.BaseRequest, document: Document, *, private: bool) -> web.Response:
         if document.status != 200:
             return web.Response(
                 status=document.status, body=document.body, content_type=_JSON, headers={"Retry-After": "5"}
@@ -148,7 +205,7 @@ class ExporterHandler:
             return web.Response(status=304, headers=headers)
         return web.Response(body=document.body, content_type=_JSON, headers=headers)
 
-    def _probe(self, request: web.Request, name: str) -> web.Response:
+    def _probe(self, request: web.BaseRequest, name: str) -> web.Response:
         if request.method not in ("GET", "HEAD"):
             return self._done(
                 name, web.Response(status=405, text="method not allowed\n", headers={"Allow": _ALLOW})
@@ -162,19 +219,17 @@ class ExporterHandler:
         return self._done(name, web.Response(text="ok\n"))
 
 
-def build_app(handler: ExporterHandler) -> web.Application:
-    app = web.Application(handler_args={"max_field_size": 2 * MAX_AUTHORIZATION})
-    app.router.add_route("*", "/{tail:.*}", handler.handle)
-    app.on_response_prepare.append(_name_the_server)
-    return app
+def build_server(handler: ExporterHandler) -> ExporterServer:
+    return ExporterServer(handler.handle, on_error=handler.count_error)
 
 
-def build_metrics_app(metrics: ExporterMetrics) -> web.Application:
-    async def exposition(request: web.Request) -> web.Response:
+def build_metrics_server(metrics: ExporterMetrics) -> ExporterServer:
+    async def exposition(request: web.BaseRequest) -> web.Response:
+        if request.raw_path.partition("?")[0] != "/metrics":
+            return _json(404, {"error": "not_found"})
+        if request.method not in ("GET", "HEAD"):
+            return _json(405, {"error": "method_not_allowed"}, Allow=_ALLOW)
         body, content_type = metrics.exposition()
-        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type, hdrs.SERVER: SERVER_NAME})
 
-    app = web.Application()
-    app.router.add_get("/metrics", exposition)
-    app.on_response_prepare.append(_name_the_server)
-    return app
+    return ExporterServer(exposition)

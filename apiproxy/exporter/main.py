@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from apiproxy.exporter.catalog import Identity
-from apiproxy.exporter.http import AuditTrail, ExporterHandler, build_app, build_metrics_app
+from apiproxy.exporter.http import AuditTrail, ExporterHandler, build_metrics_server, build_server
 from apiproxy.exporter.metrics import ExporterMetrics
 from apiproxy.exporter.settings import ExporterSettings
 from apiproxy.exporter.sources import kubernetes_sources, source_names, start_watches, watch_files
@@ -62,10 +62,10 @@ class RunningExporter:
     state: ExporterState
     metrics: ExporterMetrics
     reloader: Reloader
-    runner: web.AppRunner
+    runner: web.ServerRunner
     site: web.TCPSite
     handler: ExporterHandler
-    metrics_runner: web.AppRunner | None = None
+    metrics_runner: web.ServerRunner | None = None
     metrics_site: web.TCPSite | None = None
     loops: list[WatchLoop] = field(default_factory=list)
     tls: LiveServerTLS | None = None
@@ -132,14 +132,14 @@ async def start_exporter(
         )
     audit = AuditTrail.open(settings.audit_log)
     handler = ExporterHandler(state, metrics, audit)
-    runner = web.AppRunner(build_app(handler), access_log=None, shutdown_timeout=2.0)
+    runner = web.ServerRunner(build_server(handler), shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls.context if tls is not None else None)
     await site.start()
     running = RunningExporter(state, metrics, reloader, runner, site, handler, tls=tls)
     if settings.metrics_listen:
         mhost, mport = parse_listen(settings.metrics_listen)
-        running.metrics_runner = web.AppRunner(build_metrics_app(metrics), access_log=None)
+        running.metrics_runner = web.ServerRunner(build_metrics_server(metrics))
         await running.metrics_runner.setup()
         running.metrics_site = web.TCPSite(running.metrics_runner, mhost, mport)
         await running.metrics_site.start()

@@ -17,7 +17,7 @@ from apiproxy.auth import REASONS
 #: Metrics label of each path (``other`` for everything unknown).
 ENDPOINTS: Final = ("public", "spiffe_bundle", "multicluster", "federation", "healthz", "readyz", "other")
 PRIVATE: Final = ("multicluster", "federation")
-CODES: Final = ("200", "304", "401", "404", "405", "503")
+CODES: Final = ("200", "304", "400", "401", "404", "405", "500", "503")
 #: Every source the exporter can follow, Kubernetes objects and files alike.
 SOURCES: Final = (
     "authn_key",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -259,3 +260,37 @@ async def test_public_documents_are_503_naming_the_missing_file(
     assert len(missing) == 1 and missing[0].startswith("rootCA: cannot read root_ca file")
     status, body, _ = await get(http, exporter, "/readyz")
     assert status == 503 and b"root_ca" in body
+
+
+async def _raw(exporter: RunningExporter, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", exporter.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(("size", "status"), [(20_000, b"401"), (100_000, b"400")])
+async def test_huge_authorization_is_refused_without_echo_in_the_answer_or_the_log(
+    exporter: RunningExporter, caplog: pytest.LogCaptureFixture, size: int, status: bytes
+) -> None:
+    """Past aiohttp's header-line limit the parser refuses the request itself; its stock answer and
+    log line would quote the start of the line (the token)."""
+    secret = b"eyJhbGciOiJFZERTQSJ9.SECRETPAYLOAD"
+    answer = await _raw(
+        exporter,
+        b"GET /metadata/private/multicluster.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + secret + b"A" * size + b"\r\n\r\n",
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == status
+    assert b"SECRET" not in answer and b"AAAA" not in answer
+    assert b"aiohttp" not in head and b"Python" not in head
+    json.loads(body)
+    assert not any(
+        "SECRET" in r.getMessage() or (r.exc_text and "SECRET" in r.exc_text) for r in caplog.records
+    )
+    if status == b"400":
+        assert exporter.metrics.requests.labels("other", "400")._value.get() == 1
