@@ -41,6 +41,8 @@ def identity_of(settings: ExporterSettings) -> Identity:
         check_api_host(settings.api_host)
     except MetadataFormatError as exc:
         raise ConfigurationError(str(exc)) from exc
+    if not settings.jwt_issuer:
+        raise ConfigurationError("--jwt-issuer must not be empty: the token issuer is always checked")
     if (settings.tls_cert_file is None) != (settings.tls_private_key_file is None):
         raise ConfigurationError("--tls-cert-file and --tls-private-key-file go together")
     return Identity(
@@ -103,7 +105,7 @@ async def start_exporter(
         identity,
         metrics,
         source_names(settings),
-        issuer=settings.jwt_issuer or None,
+        issuer=settings.jwt_issuer,
         leeway=settings.jwt_leeway,
         gateway_port_name=settings.gateway_port_name,
     )

@@ -62,7 +62,7 @@ class ExporterSettings:
     ingress_gateways_file: Path | None = _opt(None, 'ingress gateways, [{"address", "port"}] JSON')
     # Tokens of private documents
     jwt_issuer: str = _opt("d8-istio", "required token issuer (iss)")
-    jwt_leeway: float = _opt(60.0, "clock skew tolerated on nbf/iat", type=_duration_arg)
+    jwt_leeway: float = _opt(60.0, "clock skew tolerated on nbf/iat and exp", type=_duration_arg)
     # Listeners
     listen: str = _opt("0.0.0.0:8080", "address of the metadata endpoint (HOST:PORT)")
     metrics_listen: str = _opt("0.0.0.0:9091", "address of /metrics (plain HTTP; empty disables)")

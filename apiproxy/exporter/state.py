@@ -60,6 +60,9 @@ class ExporterState:
                 identity.cluster_uuid,
                 issuer=issuer,
                 leeway=leeway,
+                # Peers mint one-minute tokens for each fetch: a peer clock running behind must not make
+                # every token look expired on arrival.
+                exp_leeway=leeway,
                 required_scope=scope,
                 clock=clock,
             )

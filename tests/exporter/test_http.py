@@ -74,6 +74,7 @@ def _bad_tokens(path: str) -> list[tuple[str, str, str]]:
         ("unknown sub", c.token(scope=scope, sub="9a9a9a9a-0000-4000-8000-000000000000"), "unknown_cluster"),
         ("forged (alpha's sub, beta's key)", c.token(c.BETA_KEY, scope=scope), "bad_signature"),
         ("expired", c.token(scope=scope, now=now - 7200, ttl=3600), "expired"),
+        ("expired beyond the leeway", c.token(scope=scope, now=now - 180, ttl=60), "expired"),
         ("not yet valid", c.token(scope=scope, now=now + 3600), "not_yet_valid"),
         ("alg none", c.unsigned_token("none", scope), "bad_algorithm"),
         ("HS256 keyed with the public key", c.unsigned_token("HS256", scope), "bad_algorithm"),
@@ -99,6 +100,16 @@ async def test_every_bad_token_is_401_naming_the_check_never_the_token(
     denials = [r for r in audit_records(tmp_path) if r["decision"] == "deny"]
     assert len(denials) == len(_bad_tokens(path))
     assert all(r["peer"] is None for r in denials)
+
+
+async def test_clock_skew_within_the_leeway_is_tolerated_on_nbf_and_exp(
+    http: aiohttp.ClientSession, exporter: RunningExporter
+) -> None:
+    """A one-minute token from a peer whose clock is 30 s ahead, and one from a peer 90 s behind."""
+    ahead = c.token(scope="private-multicluster", now=time.time() + 30, ttl=60)
+    behind = c.token(scope="private-multicluster", now=time.time() - 90, ttl=60)
+    for token in (ahead, behind):
+        assert (await get(http, exporter, MULTICLUSTER, **bearer(token)))[0] == 200
 
 
 async def test_deckhouse_peer_token_is_accepted_for_its_scope_only(
