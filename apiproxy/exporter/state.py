@@ -171,7 +171,8 @@ class ExporterState:
             if source in self._missing
         }
         for name, source in (("authnKeyPub", "authn_key"), ("rootCA", "root_ca")):
-            if source in self._errors and name not in missing:
+            # Why a value is still missing; a refused update behind a good value changes nothing.
+            if source in self._errors and name not in missing and self._values.get(source) is None:
                 missing[name] = self._errors[source]
         return Inputs(
             authn_key_pub=self._values.get("authn_key"),

@@ -196,11 +196,17 @@ async def test_broken_file_keeps_the_last_good_document(
     http: aiohttp.ClientSession, exporter: RunningExporter, source_files: dict[str, Path]
 ) -> None:
     _, before, _ = await get(http, exporter, MULTICLUSTER, **bearer(c.token()))
+    _, public_before, _ = await get(http, exporter, PUBLIC)
+    renders = exporter.metrics.renders._value.get()
     source_files["ingress_gateways_file"].write_text('[{"address": "x", "port": "443"}]')
-    errors = exporter.metrics.source_errors.labels("ingress_gateways_file")
-    await eventually(lambda: errors._value.get() == 1)
+    source_files["root_ca_file"].write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    for source in ("ingress_gateways_file", "root_ca"):
+        errors = exporter.metrics.source_errors.labels(source)
+        await eventually(lambda errors=errors: errors._value.get() == 1)
     _, after, _ = await get(http, exporter, MULTICLUSTER, **bearer(c.token()))
     assert after == before
+    assert (await get(http, exporter, PUBLIC))[1] == public_before
+    assert exporter.metrics.renders._value.get() == renders
 
 
 async def test_unknown_paths_404_other_methods_405(
