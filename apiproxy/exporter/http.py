@@ -80,7 +80,9 @@ class ExporterServer(web.Server):
     """aiohttp's low-level server with :class:`_QuietRequestHandler` connections."""
 
     def __init__(self, handler: Any, *, on_error: Callable[[int], None] | None = None, **kwargs: Any) -> None:
-        super().__init__(handler, max_field_size=MAX_FIELD_SIZE, **kwargs)
+        # No access log: it would copy request lines and headers of anyone into the log; private reads
+        # have their own audit line.
+        super().__init__(handler, max_field_size=MAX_FIELD_SIZE, access_log=None, **kwargs)
         self._on_error = on_error
 
     def __call__(self) -> RequestHandler:

@@ -311,3 +311,14 @@ async def test_huge_authorization_is_refused_without_echo_in_the_answer_or_the_l
     )
     if status == b"400":
         assert exporter.metrics.requests.labels("other", "400")._value.get() == 1
+
+
+async def test_request_lines_are_not_logged(
+    http: aiohttp.ClientSession, exporter: RunningExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    await get(http, exporter, "/probe-3f1c", **{"User-Agent": "agent-9d2e"})
+    await get(http, exporter, MULTICLUSTER, **bearer("tok-77aa"))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for needle in ("probe-3f1c", "agent-9d2e", "tok-77aa"):
+        assert needle not in text
