@@ -234,6 +234,16 @@ async def test_node_port_gateway_uses_ready_schedulable_nodes_with_a_ready_gatew
         return {"address": "198.51.100.13", "port": 30443} in doc["ingressGateways"]
 
     await eventually(joined)
+    cluster.store.update(c.gateway_pod("ingressgateway-a", "gw-a", ready=False))  # its node stays Ready
+
+    async def left() -> bool:
+        doc = await peer.json(MULTICLUSTER)
+        return {"address": "198.51.100.10", "port": 30443} not in doc["ingressGateways"]
+
+    await eventually(left)
+    assert (await peer.json(FEDERATION))["ingressGateways"] == (await peer.json(MULTICLUSTER))[
+        "ingressGateways"
+    ]
 
 
 async def test_missing_source_is_503_naming_it_never_an_empty_document(

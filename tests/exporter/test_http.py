@@ -322,3 +322,19 @@ async def test_request_lines_are_not_logged(
     text = "\n".join(r.getMessage() for r in caplog.records)
     for needle in ("probe-3f1c", "agent-9d2e", "tok-77aa"):
         assert needle not in text
+
+
+async def test_metrics_exposition_is_promtool_clean(
+    http: aiohttp.ClientSession, exporter: RunningExporter
+) -> None:
+    from tests.deploy.conftest import require_tool
+
+    promtool = require_tool("promtool", "prometheus")
+    async with http.get(f"http://127.0.0.1:{exporter.metrics_port}/metrics") as resp:
+        exposition = await resp.read()
+    proc = await asyncio.create_subprocess_exec(
+        promtool, "check", "metrics", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(exposition), 30)
+    assert proc.returncode == 0 and not out.strip(), out.decode()
