@@ -68,8 +68,15 @@ class ListWatchClient(Protocol):
         ...
 
 
-class Relist(Exception):
-    """The watch cannot resume (410 Gone or another ``ERROR`` event): list again."""
+def summary(exc: BaseException) -> str:
+    """One short line about a failed call, fit for a log line or a probe answer: the client's API errors
+    carry the apiserver's response headers and body in their text, which belong in neither."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status:
+        return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".rstrip()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def list_then_watch(client: ListWatchClient, target: WatchTarget, stop: threading.Event) -> Iterator[Event]:
@@ -145,7 +152,7 @@ class WatchLoop:
             except Exception as exc:  # any client or network failure: reconnect with backoff
                 failed = True
                 if not self._stop.is_set():
-                    log.warning("watching %s failed: %s", self.name, exc)
+                    log.warning("watching %s failed: %s", self.name, summary(exc))
                     if self._on_failure is not None:
                         self._on_failure(exc)
             if failed or self._stop.is_set():

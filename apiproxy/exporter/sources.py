@@ -30,7 +30,7 @@ from apiproxy.exporter.derive import (
 )
 from apiproxy.exporter.settings import ExporterSettings
 from apiproxy.exporter.state import ExporterState
-from apiproxy.kubewatch import Event, ListWatchClient, WatchLoop, WatchTarget, list_then_watch
+from apiproxy.kubewatch import Event, ListWatchClient, WatchLoop, WatchTarget, list_then_watch, summary
 from apiproxy.metadata import MetadataFormatError, parse_ingress_gateways
 from apiproxy.metadata.formats import check_root_ca, deckhouse_public_key_pem
 from apiproxy.reload import Reloader, WatchedFile
@@ -183,7 +183,7 @@ def start_watches(
                 w.apply(current)
 
         def failed(exc: Exception, source: str = w.source) -> None:
-            state.watch_failed(source, f"watch failed: {exc}")
+            state.watch_failed(source, f"watch failed: {summary(exc)}")
 
         def events(stop: threading.Event, target: WatchTarget = w.target) -> Iterator[Event]:
             return list_then_watch(client, target, stop)

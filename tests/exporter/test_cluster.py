@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from multidict import CIMultiDict
 
@@ -283,3 +284,21 @@ async def test_not_ready_until_the_sources_are_loaded(
     status, body, _ = await peer.get(MULTICLUSTER)
     assert status == 503 and b"trust store" in body
     assert (await peer.get("/healthz"))[0] == 200
+
+
+async def test_refused_watches_are_counted_and_named_in_readyz(
+    cluster: Cluster, start: Start, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """An apiserver that refuses the exporter's credentials (401 on every list)."""
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"][0]["user"]["token"] = "not-a-token-the-apiserver-knows"
+    kubeconfig = tmp_path / "refused-kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    exporter = await start(kubeconfig=kubeconfig)
+    errors = exporter.metrics.source_errors.labels("authn_key")
+    await eventually(lambda: errors._value.get() >= 2)  # and it keeps trying
+    peer = Peer(http, exporter.port)
+    status, body, _ = await peer.get("/readyz")
+    assert status == 503 and b"authn_key: watch failed: HTTP 401 Unauthorized;" in body
+    assert b"HTTP response" not in body  # the apiserver's headers and body are not repeated
+    assert exporter.metrics.source_ready.labels("authn_key")._value.get() == 0

@@ -84,3 +84,16 @@ def test_loop_reconnects_after_failures_and_delivers_a_fresh_list() -> None:
     finally:
         loop.stop()
     assert seen == ["x1", "x2"] and len(failures) == 1
+
+
+def test_failure_summary_is_one_short_line_without_the_apiservers_answer() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from apiproxy.kubewatch import summary
+
+    exc = ApiException(status=403, reason="Forbidden")
+    exc.headers = {"Audit-Id": "x"}
+    exc.body = '{"message": "secrets is forbidden: User system:serviceaccount:..."}'
+    assert "Audit-Id" in str(exc) and summary(exc) == "HTTP 403 Forbidden"
+    assert summary(ConnectionError("refused\nmore")) == "ConnectionError: refused"
+    assert len(summary(ValueError("x" * 1000))) == 203
