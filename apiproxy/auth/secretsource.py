@@ -35,9 +35,14 @@ def kubernetes_stream(api: Any = None) -> StreamFactory:
     """A ``StreamFactory`` over the ``kubernetes`` client (in-cluster config unless ``api`` is given):
     :func:`~apiproxy.kubewatch.list_then_watch` of the one Secret."""
 
+    clients: list[KubernetesClient] = []  # made on first use (in the watch thread), then reused
+
     def factory(namespace: str, name: str, stop: threading.Event) -> Iterator[Mapping[str, Any]]:
-        client = KubernetesClient.from_config() if api is None else KubernetesClient(api.api_client)
-        yield from list_then_watch(client, WatchTarget("secrets", namespace, name=name), stop)
+        if not clients:
+            clients.append(
+                KubernetesClient.from_config() if api is None else KubernetesClient(api.api_client)
+            )
+        yield from list_then_watch(clients[0], WatchTarget("secrets", namespace, name=name), stop)
 
     return factory
 

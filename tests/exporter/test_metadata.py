@@ -10,6 +10,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apiproxy.certs import make_ca
 from apiproxy.metadata import (
@@ -21,7 +23,7 @@ from apiproxy.metadata import (
     parse_spiffe_bundle,
     spiffe_bundle,
 )
-from apiproxy.metadata.formats import check_api_host
+from apiproxy.metadata.formats import check_api_host, parse_ingress_gateways
 from tests.exporter import cluster as c
 
 
@@ -92,3 +94,44 @@ def test_api_host_accepts_host_and_port(host: str) -> None:
 def test_api_host_refuses_urls_and_junk(host: str) -> None:
     with pytest.raises(MetadataFormatError):
         check_api_host(host)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+gateway_like = st.lists(
+    st.fixed_dictionaries({"address": json_values | st.sampled_from(["10.0.0.1", "gw.example.com", ""]),
+                           "port": json_values | st.integers(-5, 70000)}),
+    max_size=3,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values | gateway_like)
+def test_parsers_fail_closed_on_any_json(value: object) -> None:
+    """Anything a ConfigMap or a peer may hold: either a valid result or MetadataFormatError, never
+    another exception, and a result is always well-formed."""
+    text = json.dumps(value)
+    for parse in (
+        parse_ingress_gateways,
+        parse_multicluster,
+        parse_federation,
+        parse_public,
+        parse_spiffe_bundle,
+    ):
+        try:
+            result = parse(text)
+        except MetadataFormatError:
+            continue
+        if parse is parse_ingress_gateways:
+            assert isinstance(result, tuple)
+            for gateway in result:
+                assert gateway.address and 1 <= gateway.port <= 65535
