@@ -18,7 +18,13 @@ from apiproxy.auth.keys import public_key_pem
 from apiproxy.metadata import parse_federation, parse_multicluster, parse_public, parse_spiffe_bundle
 from tests.exporter import cluster as c
 from tests.exporter.conftest import Cluster, Start
-from tests.helpers import eventually
+from tests.helpers import eventually as _eventually
+
+
+async def eventually(probe: Any, *, timeout: float = 30.0) -> Any:
+    """A deadline generous enough for a loaded machine; passing tests never wait for it."""
+    return await _eventually(probe, timeout=timeout)
+
 
 PUBLIC = "/metadata/public/public.json"
 SPIFFE = "/metadata/public/spiffe-bundle-endpoint"
