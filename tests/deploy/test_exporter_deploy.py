@@ -51,6 +51,7 @@ CORE = {
     ("ClusterRoleBinding", NAME),
     ("Deployment", NAME),
     ("Service", NAME),
+    ("NetworkPolicy", NAME),
 }
 MONITORING = {("ServiceMonitor", NAME), ("PrometheusRule", NAME), ("ConfigMap", f"{NAME}-grafana-dashboard")}
 
@@ -257,3 +258,21 @@ def test_dashboard_covers_every_exporter_metric_with_valid_promql(tmp_path: Path
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = run([promtool, "check", "rules", str(path)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_network_policy_admits_peers_prometheus_and_reaches_only_the_apiserver_and_dns(
+    target: str, exporter_docs: list[Manifest]
+) -> None:
+    policy = one(exporter_docs, "NetworkPolicy")["spec"]
+    pod_labels = one(exporter_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    ports = {p["name"]: p["containerPort"] for p in container(exporter_docs)["ports"]}
+    peers, prometheus = policy["ingress"]
+    assert "from" not in peers and [p["port"] for p in peers["ports"]] == [ports["http"]]
+    assert [p["port"] for p in prometheus["ports"]] == [ports["metrics"]]
+    monitoring = "d8-monitoring" if target == "deckhouse" else "monitoring"
+    assert prometheus["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": monitoring}}}
+    ]
+    assert {p["port"] for rule in policy["egress"] for p in rule["ports"]} == {443, 6443, 53}

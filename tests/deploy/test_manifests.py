@@ -349,6 +349,7 @@ def test_base_and_overlay_differ_only_where_intended() -> None:
             ("NetworkPolicy", "apiproxy"),
             ("ClusterRoleBinding", "apiproxy"),
             ("RoleBinding", "apiproxy"),
+            ("NetworkPolicy", "apiproxy-exporter"),
             ("ClusterRoleBinding", "apiproxy-exporter"),
             ("RoleBinding", "apiproxy-exporter"),
         }:
