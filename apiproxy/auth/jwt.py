@@ -13,9 +13,10 @@ Order of checks (each failure is an :class:`AuthenticationError` with a bounded 
 4. ``alg`` must be pinned for the key type (Ed25519 → EdDSA, RSA → RS256/PS256, P-256 → ES256,
    P-384 → ES384); then the signature is verified with ``cryptography`` directly;
 5. only then the claims: ``exp``/``nbf``/``iat`` must be numbers (not booleans) of a date between 1970
-   and 9999, ``exp`` required and strict (no leeway: the cache uses the same bound), ``nbf``/``iat``
-   with ``leeway``, ``iss``, ``aud`` (string or array containing ours), ``scope`` (space-separated, must
-   contain ``required_scope``), and the maximum lifetime (400 days unless configured otherwise).
+   and 9999, ``exp`` required and strict unless ``exp_leeway`` is given (the cache uses the same bound),
+   ``nbf``/``iat`` with ``leeway``, ``iss``, ``aud`` (string or array containing ours), ``scope``
+   (space-separated, must contain ``required_scope``), and the maximum lifetime (400 days unless
+   configured otherwise).
 
 Verified tokens are cached by SHA-256 of the token (the token itself is never kept) until their ``exp``.
 Rejections are not cached: the cheap failures are cheaper than a cache, and the expensive ones (a valid
@@ -177,6 +178,7 @@ class TokenVerifier:
         *,
         issuer: str | None = DEFAULT_ISSUER,
         leeway: float = DEFAULT_LEEWAY,
+        exp_leeway: float = 0.0,
         max_lifetime: float | None = DEFAULT_MAX_LIFETIME,
         required_scope: str | None = DEFAULT_SCOPE,
         clock: Callable[[], float] = time.time,
@@ -188,6 +190,8 @@ class TokenVerifier:
         self.audience = audience
         self.issuer = issuer
         self.leeway = float(leeway)
+        #: Skew tolerated past ``exp``: for minute-long tokens minted by a peer whose clock runs behind.
+        self.exp_leeway = float(exp_leeway)
         self.max_lifetime = max_lifetime
         self.required_scope = required_scope
         self.clock = clock
@@ -205,6 +209,7 @@ class TokenVerifier:
             self.audience,
             issuer=self.issuer,
             leeway=self.leeway,
+            exp_leeway=self.exp_leeway,
             max_lifetime=self.max_lifetime,
             required_scope=self.required_scope,
             clock=self.clock,
@@ -297,7 +302,7 @@ class TokenVerifier:
         exp = _number(claims, "exp")
         if exp is None:
             raise _fail("missing_claim", "token has no exp claim")
-        if now >= exp:
+        if now >= exp + self.exp_leeway:
             raise _fail("expired", "token has expired")
         nbf = _number(claims, "nbf")
         if nbf is not None and now + self.leeway < nbf:
@@ -337,4 +342,4 @@ class TokenVerifier:
                     f"token lifetime exceeds the allowed maximum of {self.max_lifetime:.0f}s",
                 )
         principal = Principal(cluster_uuid=cluster.uuid, cluster_name=cluster.name, method="jwt", subject=sub)
-        return principal, exp
+        return principal, exp + self.exp_leeway

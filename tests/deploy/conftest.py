@@ -91,6 +91,21 @@ def target(request: pytest.FixtureRequest) -> str:
     return name
 
 
+#: Objects of the metadata exporter are named with this prefix; the proxy's tests look at the proxy's
+#: objects only.
+EXPORTER = "apiproxy-exporter"
+
+
+def is_exporter(doc: Manifest) -> bool:
+    return bool(doc["metadata"]["name"].startswith(EXPORTER))
+
+
 @pytest.fixture
 def docs(target: str) -> list[Manifest]:
-    return render(target)
+    """The proxy's objects of a target (the exporter's have their own tests)."""
+    return [d for d in render(target) if not is_exporter(d)]
+
+
+@pytest.fixture
+def exporter_docs(target: str) -> list[Manifest]:
+    return [d for d in render(target) if is_exporter(d)]

@@ -330,7 +330,9 @@ def test_deckhouse_overlay_is_a_drop_in() -> None:
     assert port_of(serve_settings(docs).listen) == 4443
     assert serve_settings(docs).jwt_issuer == "d8-istio"
     for kind in ("ServiceMonitor", "PrometheusRule"):
-        assert one(docs, kind)["metadata"]["labels"]["prometheus"] == "main"
+        monitoring = find(docs, kind)
+        assert {d["metadata"]["name"] for d in monitoring} == {"apiproxy", "apiproxy-exporter"}
+        assert all(d["metadata"]["labels"]["prometheus"] == "main" for d in monitoring)
 
 
 def test_base_and_overlay_differ_only_where_intended() -> None:
@@ -347,6 +349,9 @@ def test_base_and_overlay_differ_only_where_intended() -> None:
             ("NetworkPolicy", "apiproxy"),
             ("ClusterRoleBinding", "apiproxy"),
             ("RoleBinding", "apiproxy"),
+            ("NetworkPolicy", "apiproxy-exporter"),
+            ("ClusterRoleBinding", "apiproxy-exporter"),
+            ("RoleBinding", "apiproxy-exporter"),
         }:
             continue  # patched on purpose; their patches are checked above
         assert base[key] == overlay[key], key
