@@ -265,6 +265,7 @@ async def start(settings: Settings) -> Proxy:
         metrics.set_config(policy.sha256, trust.current.sha256 if trust is not None else "")
         if trust is not None:
             metrics.trusted_clusters.set(len(trust.current))
+            metrics.set_clusters(frozenset(c.display for c in trust.current.clusters.values()))
             handler.rate.forget({c.display for c in trust.current.clusters.values()})
 
     config_changed()
@@ -419,7 +420,11 @@ async def _start_metrics(proxy: Proxy, listen: str) -> None:
     async def ready(request: web.Request) -> web.StreamResponse:
         return await handler.ready(request)
 
+    async def no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.popall("Server", None)
+
     app = web.Application()
+    app.on_response_prepare.append(no_server_header)
     app.router.add_get("/metrics", metrics)
     for path in ("/healthz", "/livez"):
         app.router.add_get(path, live)
