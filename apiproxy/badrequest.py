@@ -27,10 +27,9 @@ INVALID_REASONS: Final = (
     "malformed",
 )
 
-#: The request methods the proxy recognises (RFC 9110 and PATCH); any other is answered 501.
-KNOWN_METHODS: Final = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
-)
+#: The request methods the proxy recognises (RFC 9110's and PATCH); any other is answered 501. CONNECT is
+#: left out: the proxy never opens a tunnel.
+KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,9 @@ def from_parser_error(exc: BaseException | None, *, request_line_done: bool, lim
     if isinstance(exc, hx.PayloadEncodingError):  # chunked framing, Content-Length, content coding
         return invalid("bad_framing", limit)
     if isinstance(exc, hx.BadHttpMethod):
-        return invalid("bad_method", limit)
+        # The pure-Python parser raises it also for a request line that does not split in three (an
+        # HTTP/0.9 "GET /path"); it then carries the line, spaces included. A bad method has none.
+        return invalid("bad_request_line" if " " in exc.line else "bad_method", limit)
     if isinstance(exc, hx.BadStatusLine):
         return invalid("bad_request_line", limit)
     if isinstance(exc, hx.InvalidURLError):

@@ -69,7 +69,7 @@ ROWS: tuple[Row, ...] = (
     Row("space-before-colon", _get(b"/api/v1/pods", _AUTH, b"X-MARK : 1"), (400,)),
     Row(
         "content-length-and-chunked",
-        _post(b"Content-Length: 30", b"Transfer-Encoding: chunked", body=b"1e\r\n{\"MARK\": 1}\r\n0\r\n\r\n"),
+        _post(b"Content-Length: 30", b"Transfer-Encoding: chunked", body=b'1e\r\n{"MARK": 1}\r\n0\r\n\r\n'),
         (400,),
     ),
     Row(
