@@ -165,12 +165,12 @@ class ProxyHandler:
             response = self._refuse(ex, StatusError(refusal.code, refusal.message))
             response.force_close()
             return response
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):
             ex.reason = ex.reason or "the client went away"
             raise
         except Exception as exc:
             ex.decision = "error"
-            _log_internal_error(exc, ex.audit_id)
+            _log_internal_error(exc, f"audit {ex.audit_id}")
             if request.writer.output_size > 0:
                 raise  # the response has begun: aiohttp closes the connection, nothing else can be said
             response = self._refuse(ex, StatusError(500, "an internal error occurred; see the proxy's log"))
@@ -551,10 +551,10 @@ def _printable(text: str, limit: int = 200) -> str:
     return safe_target(text, limit)
 
 
-def _log_internal_error(exc: BaseException, audit: str) -> None:
+def _log_internal_error(exc: BaseException, where: str) -> None:
     """A bug, logged with its stack but without the exception's text, which may quote the request."""
     stack = "".join(traceback.format_tb(exc.__traceback__))
-    log.error("internal error (audit %s): %s\n%s", audit, type(exc).__name__, stack.rstrip())
+    log.error("internal error (%s): %s\n%s", where, type(exc).__name__, stack.rstrip())
 
 
 class ProxyRequest(web.BaseRequest):
@@ -612,9 +612,11 @@ class ProxyProtocol(web.RequestHandler):
             done = line_end is not None and line_end <= self._limit + 1
             refusal = from_parser_error(exc, request_line_done=done, limit=self._limit)
             return self._proxy_handler.refuse_invalid(request, refusal)
+        if isinstance(exc, ConnectionError):
+            raise exc  # the client is gone: aiohttp drops the connection quietly
         # The handler timed out (504) or failed outside the pipeline's own error handling.
         if exc is not None:
-            _log_internal_error(exc, "none")
+            _log_internal_error(exc, f"peer {_peer(request) or 'unknown'}")
         else:
             log.error("request from %s failed with %d", _peer(request) or "unknown peer", status)
         code = status if status in (500, 503, 504) else 500

@@ -20,6 +20,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import aiohttp
 import pytest
@@ -224,3 +225,30 @@ def test_the_pure_python_parser_answers_alike() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
+
+
+@on_module_loop
+async def test_an_internal_error_is_a_status_500_without_the_exception_text(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = env.box
+    assert box.proxy is not None
+    marker = new_marker()
+
+    def broken(request: object) -> NoReturn:
+        raise RuntimeError(f"bug while reading {marker}")
+
+    monkeypatch.setattr(box.proxy.handler, "authenticate", broken)
+    logs_before, audit_before = len(env.logs.records), len(box.audit_records())
+    request = f"GET /api/v1/pods?x={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    answer = await answer_and_hangup("127.0.0.1", box.proxy.port, request, box.client_ssl())
+
+    assert answer.response is not None and answer.response.status == 500
+    status = answer.response.status_json()
+    assert status is not None and status["code"] == 500
+    assert marker.encode() not in answer.response.body and answer.closed
+    text = env.logs.text(logs_before)
+    assert marker not in text
+    assert "RuntimeError" in text and "in broken" in text, text  # the stack, for whoever fixes the bug
+    [record] = box.audit_records()[audit_before:]
+    assert record["status"] == 500 and record["decision"] == "error"
