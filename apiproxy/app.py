@@ -23,7 +23,7 @@ from apiproxy.memory import Glibc, HeapTrimmer
 from apiproxy.metrics import Metrics
 from apiproxy.policy import Policy, parse_policy
 from apiproxy.reload import Reloader, WatchedFile, WatchedFiles
-from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer
+from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer, without_server_header
 from apiproxy.settings import Settings
 from apiproxy.tlsconfig import LiveServerTLS, parse_listen
 from apiproxy.upstream import Upstream, UpstreamSettings
@@ -420,11 +420,7 @@ async def _start_metrics(proxy: Proxy, listen: str) -> None:
     async def ready(request: web.Request) -> web.StreamResponse:
         return await handler.ready(request)
 
-    async def no_server_header(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers.popall("Server", None)
-
-    app = web.Application()
-    app.on_response_prepare.append(no_server_header)
+    app = without_server_header(web.Application())
     app.router.add_get("/metrics", metrics)
     for path in ("/healthz", "/livez"):
         app.router.add_get(path, live)

@@ -524,6 +524,17 @@ class ProxyHandler:
             watch.revoke(why)
 
 
+def without_server_header(app: web.Application) -> web.Application:
+    """Make ``app`` send no ``Server`` header (aiohttp's names itself and its version): kube-apiserver
+    sends none, and a version string only helps an attacker. For the plain-HTTP metrics endpoints."""
+
+    async def drop(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.popall("Server", None)
+
+    app.on_response_prepare.append(drop)
+    return app
+
+
 def _finish_upstream(upstream: http1.Response) -> None:
     # Closing (not releasing) drops the upstream connection unless the body was read to the end, so a
     # client that went away never leaves a half-read stream in the pool.
