@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import http_exceptions, web
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.web_protocol import ERROR as PARSE_ERROR_MESSAGE
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from apiproxy import http1
@@ -556,10 +557,10 @@ def _abort(request: web.BaseRequest) -> None:
         transport.abort()
 
 
-def _printable(text: str, limit: int = 200) -> str:
-    """A request target or message safe for a log line: query values that may hold a credential
-    redacted (see :func:`safe_target`), bounded, and with control and non-ASCII characters escaped."""
-    return safe_target(text, limit)
+def _printable(target: str, limit: int = 200) -> str:
+    """A request target safe for a log line: query values that may hold a credential redacted (see
+    :func:`safe_target`), bounded, and with control and non-ASCII characters escaped."""
+    return safe_target(target, limit)
 
 
 def _log_internal_error(exc: BaseException, where: str) -> None:
@@ -607,6 +608,18 @@ class ProxyProtocol(web.RequestHandler):
                 self._first_line_end = self._received + at
             self._received += len(data)
         super().data_received(data)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's other error log (an exception while it drains an unread request body, a handler
+        that returned nothing): one line with the exception's type, never its text or traceback, which
+        quote the request. A broken request body was already answered and accounted for."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, http_exceptions.HttpProcessingError | RequestPayloadError):
+            log.debug("stopped reading a broken request body: %s", type(exc).__name__)
+        elif isinstance(exc, BaseException):
+            _log_internal_error(exc, "connection")
+        else:
+            log.error("connection error: %s", args[0] if args and isinstance(args[0], str) else "unknown")
 
     def handle_error(
         self,

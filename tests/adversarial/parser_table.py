@@ -41,15 +41,20 @@ def _get(target: bytes = b"/api/v1/pods", *headers: bytes, version: bytes = b"HT
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def _post(*headers: bytes, body: bytes) -> bytes:
+def post_head(*headers: str) -> bytes:
+    """The head of an allowed review POST (``TokenReview``) with ``headers`` added."""
     lines = [
         b"POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1",
         b"Host: 127.0.0.1",
         b"Authorization: Bearer TOKEN",
         b"Content-Type: application/json",
-        *headers,
+        *(h.encode() for h in headers),
     ]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _post(*headers: bytes, body: bytes) -> bytes:
+    return post_head(*(h.decode() for h in headers)) + body
 
 
 _AUTH = b"Authorization: Bearer TOKEN"

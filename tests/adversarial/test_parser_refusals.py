@@ -11,6 +11,7 @@ subprocess, with ``AIOHTTP_NO_EXTENSIONS=1`` (the pure-Python parser): both must
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -28,8 +29,9 @@ import pytest_asyncio
 from aiohttp import http_parser
 
 from apiproxy.sandbox import Sandbox
-from tests.adversarial.parser_table import LIMIT, ROWS, Row, new_marker
-from tests.adversarial.rawhttp import answer_and_hangup
+from tests.adversarial.parser_table import LIMIT, ROWS, Row, new_marker, post_head
+from tests.adversarial.rawhttp import READ_DEADLINE, answer_and_hangup, close_writer, read_response
+from tests.helpers import eventually
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -252,3 +254,44 @@ async def test_an_internal_error_is_a_status_500_without_the_exception_text(
     assert "RuntimeError" in text and "in broken" in text, text  # the stack, for whoever fixes the bug
     [record] = box.audit_records()[audit_before:]
     assert record["status"] == 500 and record["decision"] == "error"
+
+
+@on_module_loop
+@pytest.mark.skipif(
+    not PURE_PYTHON,
+    reason="aiohttp's C parser does not fail the body reader when a bad chunk arrives after the handler "
+    "has started: the handler waits until the client hangs up (an aiohttp limitation, left alone)",
+)
+async def test_a_bad_chunk_after_the_handler_started_is_a_status_and_one_log_line(env: Env) -> None:
+    """The parser error then reaches the handler's body read instead of ``handle_error``; aiohttp
+    also fails its own drain of the body afterwards, which must not log the bytes either."""
+    box = env.box
+    assert box.proxy is not None and box.proxy.runner is not None
+    marker = new_marker()
+    server = box.proxy.runner.server
+    assert server is not None
+    dispatched = server.requests_count
+    logs_before, audit_before = len(env.logs.records), len(box.audit_records())
+    reader, writer = await asyncio.open_connection("127.0.0.1", box.proxy.port, ssl=box.client_ssl())
+    try:
+        head = Row("", post_head("Transfer-Encoding: chunked"), (400,)).build(
+            marker, box.clusters["alpha"].token
+        )
+        writer.write(head + b'5\r\n{"a":\r\n')
+        await writer.drain()
+        await eventually(lambda: server.requests_count > dispatched)  # the handler is reading the body
+        writer.write(f"zz{marker}\r\nxx\r\n0\r\n\r\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(READ_DEADLINE):
+            response = await read_response(reader)
+            rest = await reader.read()
+    finally:
+        await close_writer(writer)
+    assert response.status == 400 and response.version == "HTTP/1.1" and rest == b""
+    assert (response.header("Connection") or "").lower() == "close"
+    assert marker.encode() not in response.body
+    text = env.logs.text(logs_before)
+    assert marker not in text and "Traceback" not in text, text
+    assert len([r for r in env.logs.records[logs_before:] if r.levelno >= logging.INFO]) == 1, text
+    [record] = box.audit_records()[audit_before:]
+    assert record["decision"] == "invalid" and record["status"] == 400
