@@ -598,7 +598,9 @@ class ProxyProtocol(web.RequestHandler):
         self._proxy_handler = manager.proxy_handler
         self._limit = manager.proxy_handler.max_header_bytes
         self._received = 0
-        #: Offset of the first line feed on the connection: where the first request line ended.
+        #: Offset of the first line feed on the connection: where the first request line ended. A line
+        #: too long before it is the request line (414), after it a header field (431). Only the first
+        #: request of a connection is told apart this way: a later one's too-long line counts as a header.
         self._first_line_end: int | None = None
 
     def data_received(self, data: bytes) -> None:
