@@ -108,7 +108,7 @@ class Exchange:
             "cluster": self.principal.display if self.principal else None,
             "clusterUUID": self.principal.cluster_uuid if self.principal else None,
             "auth": self.principal.method if self.principal else None,
-            "method": self.method,
+            "method": self.method or None,  # none for a request that could not be read
         }
         if info is None:
             entry["target"] = safe_target(self.target, 512) if self.target else None

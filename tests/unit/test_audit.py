@@ -68,4 +68,4 @@ def test_a_record_of_a_refused_request_redacts_query_values() -> None:
 
 def test_a_record_of_an_unreadable_request_has_no_target() -> None:
     record = Exchange("", "", "10.0.0.1", "id").record()
-    assert record["target"] is None and record["source"] == "10.0.0.1"
+    assert record["target"] is None and record["method"] is None and record["source"] == "10.0.0.1"
