@@ -23,7 +23,7 @@ from apiproxy.memory import Glibc, HeapTrimmer
 from apiproxy.metrics import Metrics
 from apiproxy.policy import Policy, parse_policy
 from apiproxy.reload import Reloader, WatchedFile, WatchedFiles
-from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer
+from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer, without_server_header
 from apiproxy.settings import Settings
 from apiproxy.tlsconfig import LiveServerTLS, parse_listen
 from apiproxy.upstream import Upstream, UpstreamSettings
@@ -265,6 +265,7 @@ async def start(settings: Settings) -> Proxy:
         metrics.set_config(policy.sha256, trust.current.sha256 if trust is not None else "")
         if trust is not None:
             metrics.trusted_clusters.set(len(trust.current))
+            metrics.set_clusters(frozenset(c.display for c in trust.current.clusters.values()))
             handler.rate.forget({c.display for c in trust.current.clusters.values()})
 
     config_changed()
@@ -419,7 +420,7 @@ async def _start_metrics(proxy: Proxy, listen: str) -> None:
     async def ready(request: web.Request) -> web.StreamResponse:
         return await handler.ready(request)
 
-    app = web.Application()
+    app = without_server_header(web.Application())
     app.router.add_get("/metrics", metrics)
     for path in ("/healthz", "/livez"):
         app.router.add_get(path, live)

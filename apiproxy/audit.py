@@ -2,7 +2,10 @@
 
 Records go to stdout (or a file) as one JSON object per line, written when the request ends (for a watch:
 when the stream closes). Tokens never appear: the record holds the authenticated principal, not the
-credential, and the request target is the one forwarded (query parameters not forwarded are gone).
+credential, and the request target is the one forwarded (query parameters not forwarded are gone). A target
+that was never classified (a refused caller, a malformed path) keeps its path and its parameter names, but
+only the values of parameters kube-apiserver reads for its own requests: anything else, such as
+``access_token=…``, is recorded as ``REDACTED``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from apiproxy.auth.principal import Principal
-from apiproxy.requestinfo import RequestInfo
+from apiproxy.requestinfo import FORWARDED_PARAMS, RequestInfo
 
 _AUDIT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -105,10 +108,10 @@ class Exchange:
             "cluster": self.principal.display if self.principal else None,
             "clusterUUID": self.principal.cluster_uuid if self.principal else None,
             "auth": self.principal.method if self.principal else None,
-            "method": self.method,
+            "method": self.method or None,  # none for a request that could not be read
         }
         if info is None:
-            entry["target"] = _bounded(self.target)
+            entry["target"] = safe_target(self.target, 512) if self.target else None
         elif info.is_resource_request:
             entry.update(
                 verb=info.verb,
@@ -132,8 +135,39 @@ class Exchange:
         return entry
 
 
-def _bounded(text: str, limit: int = 512) -> str:
-    """Targets that were never classified may be hostile: cap them and escape control characters."""
+#: Query parameters whose values are kept in logs and audit records: those the proxy forwards for some
+#: verb (selectors, resource versions, limits, timeouts...), none of which can carry a credential.
+SAFE_PARAMS: frozenset[str] = frozenset().union(*FORWARDED_PARAMS.values())
+REDACTED = "REDACTED"
+_PARAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+def safe_target(target: str, limit: int = 200) -> str:
+    """A request target fit for a log line or an audit record, whatever the caller sent.
+
+    The path is kept; in the query, the value of every parameter not in :data:`SAFE_PARAMS` becomes
+    ``REDACTED`` (``?access_token=…`` → ``?access_token=REDACTED``), and a pair that does not look like
+    ``name=value`` with a plain name (a bare value, odd characters in the name) is replaced whole. Then
+    the text is bounded, and control and non-ASCII characters are escaped, so a hostile target cannot
+    forge log lines.
+    """
+    path, question, query = target.partition("?")
+    if question:
+        kept = []
+        for pair in query.split("&"):
+            name, equals, _ = pair.partition("=")
+            if name in SAFE_PARAMS:
+                kept.append(pair)
+            elif equals and _PARAM_NAME.fullmatch(name):
+                kept.append(f"{name}={REDACTED}")
+            else:
+                kept.append(REDACTED)
+        target = f"{path}?{'&'.join(kept)}"
+    return escaped(target, limit)
+
+
+def escaped(text: str, limit: int = 200) -> str:
+    """``text`` bounded to ``limit`` characters, with control and non-ASCII characters escaped."""
     text = text if len(text) <= limit else text[:limit] + "..."
     return text.encode("unicode_escape").decode("ascii")
 

@@ -22,6 +22,8 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from apiproxy import __version__
+from apiproxy.auth.errors import REASONS as AUTHENTICATION_FAILURE_REASONS
+from apiproxy.badrequest import INVALID_REASONS
 
 #: Latency buckets (seconds) for requests measured to their first byte.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -29,6 +31,19 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 WATCH_BUCKETS = (1, 5, 15, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 
 OTHER = "other"
+
+# The fixed label values of the labelled counters: each is registered at 0 when the metrics are created,
+# so ``rate()`` and alerts see a series from the start instead of nothing until the first event.
+
+#: ``apiproxy_upstream_errors_total{kind}``: the ``kind`` of every upstream failure (http1's error
+#: classes, plus ``stream`` for a response broken off mid-body).
+UPSTREAM_ERROR_KINDS = ("connect", "tls", "timeout", "disconnect", "protocol", "stream")
+#: ``apiproxy_rate_limited_total{kind}``: per cluster, and ``connections`` for the whole proxy.
+RATE_LIMIT_KINDS = ("rate", "watches")
+#: ``apiproxy_authorization_denials_total{reason}``.
+DENIAL_REASONS = ("policy", "malformed")
+#: ``apiproxy_policy_reloads_total{result}`` and ``apiproxy_trust_reloads_total{result}``.
+RELOAD_RESULTS = ("success", "failure")
 
 #: Set (by the supervisor of ``--workers``) when several processes share metrics through files.
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -103,6 +118,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.invalid_requests = Counter(
+            "apiproxy_invalid_requests_total",
+            "Requests refused before they could be read (HTTP parser errors, unknown method or version), "
+            "by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.upstream_token_age = Gauge(
             "apiproxy_upstream_token_age_seconds",
             "Seconds since the proxy's own service-account token was last read.",
@@ -159,9 +181,17 @@ class Metrics:
         if not MULTIPROCESS:  # with workers, the supervisor exports the shared files only
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
-        for result in ("success", "failure"):
+        for result in RELOAD_RESULTS:
             self.policy_reloads.labels(result)
             self.trust_reloads.labels(result)
+        for kind in UPSTREAM_ERROR_KINDS:
+            self.upstream_errors.labels(kind)
+        for reason in sorted(AUTHENTICATION_FAILURE_REASONS):
+            self.authentication_failures.labels(reason)
+        for reason in INVALID_REASONS:
+            self.invalid_requests.labels(reason)
+        self.rate_limited.labels("", "connections")
+        self._clusters: frozenset[str] = frozenset()
         self._config_labels: tuple[str, str] | None = None
 
     def set_config(self, policy_sha256: str, trust_sha256: str) -> None:
@@ -175,6 +205,16 @@ class Metrics:
                 self.config_info.remove(*self._config_labels)
         self.config_info.labels(*labels).set(1)
         self._config_labels = labels
+
+    def set_clusters(self, clusters: frozenset[str]) -> None:
+        """Register the per-cluster counters of newly trusted clusters at 0 (a removed cluster keeps its
+        series: its counts are history, and a counter must not go backwards)."""
+        for cluster in sorted(clusters - self._clusters):
+            for kind in RATE_LIMIT_KINDS:
+                self.rate_limited.labels(cluster, kind)
+            for reason in DENIAL_REASONS:
+                self.authorization_denials.labels(cluster, reason)
+        self._clusters = self._clusters | clusters
 
     def set_token_age(self, loaded_at: float | None) -> None:
         """Refreshed on every reload tick (a callback gauge would not work across worker processes)."""

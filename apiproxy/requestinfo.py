@@ -378,7 +378,8 @@ def _parse_query(query: str) -> dict[str, str]:
     for pair in query.split("&"):
         key, _, raw = pair.partition("=")
         if not key.isalpha():  # the query is ASCII here, so this is [A-Za-z]+
-            shown = pair if len(pair) <= 40 else pair[:40] + "..."
+            # Only the name is shown: the value of an unknown parameter may be a credential.
+            shown = key if len(key) <= 40 else key[:40] + "..."
             raise MalformedRequest(f"query parameter {shown!r} has no name or a name that is not [A-Za-z]+")
         if key in params:
             raise MalformedRequest(f"query parameter {key!r} is given more than once")

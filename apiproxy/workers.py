@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from apiproxy.server import without_server_header
 from apiproxy.settings import Settings, to_args
 from apiproxy.tlsconfig import parse_listen
 
@@ -108,7 +109,7 @@ class Supervisor:
     async def serve_endpoints(self) -> web.AppRunner | None:
         if not self.settings.metrics_listen:
             return None
-        app = web.Application()
+        app = without_server_header(web.Application())
         app.router.add_get("/metrics", self.metrics)
         for path in ("/healthz", "/livez"):
             app.router.add_get(path, self.live)

@@ -230,3 +230,43 @@ class RawUpstream:
             self.open_connections -= 1
             self._writers.discard(writer)
             writer.transport.abort()
+
+
+@dataclass
+class Answer:
+    """The first response to some bytes, and whether the server hung up right after it."""
+
+    response: RawResponse | None
+    closed: bool
+    #: Everything that arrived after the first response (empty when the server closed at once).
+    trailing: bytes = b""
+
+
+async def answer_and_hangup(
+    host: str, port: int, data: bytes, ssl_context: ssl.SSLContext | None, deadline: float = READ_DEADLINE
+) -> Answer:
+    """Send ``data``, read one response, then wait (bounded) for the server to close the connection.
+
+    The connection counts as closed when EOF or a reset arrives before ``deadline``; a server that keeps
+    it open (a keep-alive answer) is noticed when the deadline passes.
+    """
+    reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context, limit=1 << 20)
+    try:
+        writer.write(data)
+        try:
+            async with asyncio.timeout(deadline):
+                response = await read_response(reader)
+        except (Closed, ConnectionError, ssl.SSLError, TimeoutError):
+            return Answer(None, True)
+        trailing = bytearray()
+        try:
+            async with asyncio.timeout(deadline):
+                while chunk := await reader.read(65536):
+                    trailing += chunk
+        except TimeoutError:
+            return Answer(response, False, bytes(trailing))
+        except (ConnectionError, ssl.SSLError):
+            pass
+        return Answer(response, True, bytes(trailing))
+    finally:
+        await close_writer(writer)

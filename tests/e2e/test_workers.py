@@ -75,6 +75,7 @@ async def test_two_workers_serve_one_port_and_aggregate_metrics(sandbox: Sandbox
                         assert resp.status == 200
             async with plain.get(f"http://127.0.0.1:{metrics}/metrics") as resp:
                 text = await resp.text()
+                assert "Server" not in resp.headers
             assert sample(text, "apiproxy_requests_total", cluster="alpha", verb="list", code="200") == 20
             assert sample(text, "apiproxy_trusted_clusters") == 2
             proc.send_signal(signal.SIGTERM)
