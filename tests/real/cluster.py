@@ -367,9 +367,14 @@ class RealCluster:
             check=True,
             timeout=60,
         ).stdout
+        return self.install_identity(namespace, name, rbac, duration=duration)
+
+    def install_identity(self, namespace: str, name: str, rbac: str, *, duration: str = "2h") -> str:
+        """Service account ``namespace/name`` with the RBAC manifests ``rbac`` applied as they are (their
+        namespaces created first); returns a TokenRequest token for it, as kubelet would mount one."""
         self.kubectl("create", "namespace", namespace, check=False)
         self.kubectl("create", "serviceaccount", name, "-n", namespace)
-        for ns in {n for n in _namespaces_in(rbac)}:
+        for ns in _namespaces_in(rbac):
             self.kubectl("create", "namespace", ns, check=False)
         self.kubectl("apply", "-f", "-", input=rbac)
         token = self.kubectl(
@@ -378,6 +383,13 @@ class RealCluster:
         if token.count(".") != 2:
             raise RuntimeError("kubectl create token printed no token")
         return token
+
+    def kubeconfig_for(self, path: Path, token: str) -> Path:
+        """A kubeconfig naming this apiserver with a bearer token (what a pod's in-cluster config is)."""
+        from apiproxy.kubeconfig import render_kubeconfig
+
+        path.write_text(render_kubeconfig(self.url, self.ca_file.read_bytes(), token=token, name=self.name))
+        return path
 
     def service_account_user(self, namespace: str = "apiproxy", name: str = "apiproxy") -> str:
         return f"system:serviceaccount:{namespace}:{name}"
