@@ -20,6 +20,7 @@ from apiproxy.exporter.main import RunningExporter, start_exporter
 from tests.exporter import cluster as c
 from tests.exporter.conftest import base_settings
 from tests.exporter.test_cluster import GOLDEN_FILES, MULTICLUSTER, Peer
+from tests.helpers import eventually
 from tests.real.conftest import Real
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "base"
@@ -55,7 +56,12 @@ def _create_federation_objects(real: Real) -> None:
         c.public_service("catalog", "search", [("http", 80)]),
     ]
     cluster.apply(objects)
-    # A LoadBalancer's addresses are status, written by a cloud controller: here, by us.
+    set_gateway_status(real, status)
+
+
+def set_gateway_status(real: Real, status: dict[str, object]) -> None:
+    """A LoadBalancer's addresses are status, written by a cloud controller: here, by the test."""
+    cluster = real.cluster
     current = json.loads(cluster.kubectl("get", "service", "ingressgateway", "-n", NS, "-o", "json").stdout)
     current["status"] = status
     code, _, body = cluster.request(
@@ -100,22 +106,10 @@ async def test_golden_documents_from_the_real_apiserver_with_the_shipped_rbac(
 async def test_a_gateway_address_change_on_the_apiserver_is_in_the_next_document(
     real: Real, exporter: RunningExporter
 ) -> None:
-    from tests.helpers import eventually
-
     async with aiohttp.ClientSession() as http:
         peer = Peer(http, exporter.port)
         await peer.ready()
-        current = json.loads(
-            real.cluster.kubectl("get", "service", "ingressgateway", "-n", NS, "-o", "json").stdout
-        )
-        current["status"] = {"loadBalancer": {"ingress": [{"ip": "198.51.100.99"}]}}
-        code, _, body = real.cluster.request(
-            "PUT",
-            f"/api/v1/namespaces/{NS}/services/ingressgateway/status",
-            json.dumps(current).encode(),
-            {"Content-Type": "application/json"},
-        )
-        assert code == 200, body[:300]
+        set_gateway_status(real, {"loadBalancer": {"ingress": [{"ip": "198.51.100.99"}]}})
         headers = {"Authorization": f"Bearer {c.token()}"}
 
         async def published() -> bool:
