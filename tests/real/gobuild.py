@@ -85,12 +85,12 @@ def cached_path(name: str) -> Path:
     return CACHE / f"{name}-{module_version(program.module)}-{_digest(program)}"
 
 
-def _go() -> str:
+def _go(name: str) -> str:
     go = shutil.which("go") or next(
         (p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if os.access(p, os.X_OK)), None
     )
     if go is None:
-        raise BuildError("make test-real needs Go >= 1.26 on PATH (`go` not found) to build kube-apiserver")
+        raise BuildError(f"make test-real needs Go >= 1.26 on PATH (`go` not found) to build {name}")
     return go
 
 
@@ -100,7 +100,7 @@ def ensure(name: str, *, log: bool = True) -> Path:
     if target.exists():
         return target
     program = PROGRAMS[name]
-    go = _go()
+    go = _go(name)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     version = module_version(program.module)
