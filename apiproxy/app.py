@@ -19,11 +19,12 @@ from apiproxy.auth.principal import Principal
 from apiproxy.auth.secretsource import SecretTrustSource, kubernetes_stream
 from apiproxy.auth.truststore import TrustSnapshotSource, TrustSource, TrustStore
 from apiproxy.authn import Authenticator, insecure_authenticator
+from apiproxy.httpedge import without_server_header
 from apiproxy.memory import Glibc, HeapTrimmer
 from apiproxy.metrics import Metrics
 from apiproxy.policy import Policy, parse_policy
 from apiproxy.reload import Reloader, WatchedFile, WatchedFiles
-from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer, without_server_header
+from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer
 from apiproxy.settings import Settings
 from apiproxy.tlsconfig import LiveServerTLS, parse_listen
 from apiproxy.upstream import Upstream, UpstreamSettings

@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from apiproxy.server import without_server_header
+from apiproxy.httpedge import without_server_header
 from apiproxy.settings import Settings, to_args
 from apiproxy.tlsconfig import parse_listen
 
