@@ -12,8 +12,8 @@ built on :class:`EdgeServer`:
 - no response carries a ``Server`` header, whatever the handler set.
 
 What the answers say and how they are counted differs by server (the proxy answers a Kubernetes
-``Status`` and audits it, the exporter answers its JSON error shape): :meth:`EdgeServer.refuse_invalid`
-and :meth:`EdgeServer.internal_error` are the hooks a server overrides.
+``Status`` and audits it, the exporter answers its JSON error shape): :meth:`EdgeServer.refuse_invalid`,
+:meth:`EdgeServer.answer_invalid` and :meth:`EdgeServer.answer_failure` are the hooks a server overrides.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class EdgeProtocol(web.RequestHandler):
                 log_internal_error(edge.logger, exc, f"peer {peer(request) or 'unknown'}")
             else:
                 edge.logger.error("request from %s failed with %d", peer(request) or "unknown peer", status)
-            response = edge.internal_error(request, status if status in (500, 503, 504) else 500)
+            response = edge.answer_failure(status if status in (500, 503, 504) else 500)
         response.force_close()
         return response
 
@@ -153,19 +153,24 @@ class EdgeServer(web.Server):
         return EdgeProtocol(self, loop=self._loop, **self._kwargs)
 
     def refuse_invalid(self, request: web.BaseRequest, refusal: Invalid) -> web.StreamResponse:
-        """The answer to a request that cannot be read (``refusal`` holds only fixed text); accounts for
-        it with one log line. The edge closes the connection after it."""
+        """Answer a request that cannot be read (``refusal`` holds only fixed text) and account for it
+        with one log line: the peer, the reason, the status. The edge closes the connection after it."""
+        response = self.answer_invalid(refusal)
         self.logger.warning(
             "refused an unreadable request from %s: %s -> %d",
             peer(request) or "unknown peer",
             refusal.reason,
-            refusal.code,
+            response.status,
         )
+        return response
+
+    def answer_invalid(self, refusal: Invalid) -> web.StreamResponse:
+        """What :meth:`refuse_invalid` sends: the refusal's code and fixed message."""
         return web.Response(status=refusal.code, text=refusal.message + "\n")
 
-    def internal_error(self, request: web.BaseRequest, code: int) -> web.StreamResponse:
+    def answer_failure(self, code: int) -> web.StreamResponse:
         """The answer to a request the handler could not complete (500, 503 or 504); the failure was
-        already logged. The edge closes the connection after it."""
+        already logged, and the edge closes the connection after it."""
         return web.Response(status=code, text="the request could not be completed\n")
 
     def _request(

@@ -727,7 +727,7 @@ class ProxyServer(EdgeServer):
     def refuse_invalid(self, request: web.BaseRequest, refusal: Invalid) -> web.StreamResponse:
         return self.proxy_handler.refuse_invalid(request, refusal)
 
-    def internal_error(self, request: web.BaseRequest, code: int) -> web.StreamResponse:
+    def answer_failure(self, code: int) -> web.StreamResponse:
         return status_response(code, "the proxy could not complete the request")
 
     @property
