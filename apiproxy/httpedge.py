@@ -208,14 +208,3 @@ def by_path(routes: Mapping[str, Handler]) -> Handler:
         return await handler(request)
 
     return route
-
-
-def without_server_header(app: web.Application) -> web.Application:
-    """Make ``app`` send no ``Server`` header (aiohttp's names itself and its version), as every
-    :class:`EdgeServer` does, for a server built on aiohttp's application runner."""
-
-    async def drop(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers.popall("Server", None)
-
-    app.on_response_prepare.append(drop)
-    return app
