@@ -14,25 +14,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from aiohttp import http_parser
 
 from apiproxy.exporter.http import MAX_FIELD_SIZE
 from apiproxy.exporter.main import RunningExporter
 from apiproxy.httpedge import AIOHTTP_LIMIT
+from tests.adversarial.parser_choice import (
+    PURE_PYTHON,
+    check_the_parser_in_use,
+    rerun_with_the_pure_python_parser,
+)
 from tests.adversarial.parser_table import new_marker
 from tests.adversarial.rawhttp import answer_and_hangup
 from tests.exporter.conftest import Start
 
-ROOT = Path(__file__).resolve().parents[2]
-PURE_PYTHON = os.environ.get("AIOHTTP_NO_EXTENSIONS") == "1"
 PRIVATE = b"/metadata/private/multicluster.json"
 
 
@@ -156,22 +155,9 @@ async def test_a_handler_failure_is_a_500_without_the_exception_text(
 
 
 def test_the_parser_in_use_is_the_one_asked_for() -> None:
-    pure = http_parser.HttpRequestParser is http_parser.HttpRequestParserPy
-    assert pure == PURE_PYTHON or not hasattr(http_parser, "HttpRequestParserC")
+    check_the_parser_in_use()
 
 
 @pytest.mark.skipif(PURE_PYTHON, reason="this is the pure-Python run")
 def test_the_pure_python_parser_answers_alike() -> None:
-    if not hasattr(http_parser, "HttpRequestParserC"):
-        pytest.skip("aiohttp's C parser is not built: the run above already used the pure-Python one")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        cwd=ROOT,
-        env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
+    rerun_with_the_pure_python_parser(__file__)
