@@ -19,11 +19,12 @@ from apiproxy.auth.principal import Principal
 from apiproxy.auth.secretsource import SecretTrustSource, kubernetes_stream
 from apiproxy.auth.truststore import TrustSnapshotSource, TrustSource, TrustStore
 from apiproxy.authn import Authenticator, insecure_authenticator
+from apiproxy.httpedge import EdgeServer, by_path
 from apiproxy.memory import Glibc, HeapTrimmer
 from apiproxy.metrics import Metrics
 from apiproxy.policy import Policy, parse_policy
 from apiproxy.reload import Reloader, WatchedFile, WatchedFiles
-from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer, without_server_header
+from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer
 from apiproxy.settings import Settings
 from apiproxy.tlsconfig import LiveServerTLS, parse_listen
 from apiproxy.upstream import Upstream, UpstreamSettings
@@ -91,7 +92,7 @@ class Proxy:
     trust: TrustWatch | None = None
     authenticator: Authenticator | None = None
     runner: web.ServerRunner | None = None
-    metrics_runner: web.AppRunner | None = None
+    metrics_runner: web.ServerRunner | None = None
     sites: list[web.TCPSite] = field(default_factory=list)
     metrics_sites: list[web.TCPSite] = field(default_factory=list)
 
@@ -410,23 +411,13 @@ async def _start_metrics(proxy: Proxy, listen: str) -> None:
     """Plain-HTTP endpoint for Prometheus and kubelet probes: /metrics, /healthz, /livez, /readyz."""
     handler = proxy.handler
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics(request: web.BaseRequest) -> web.Response:
         body, content_type = proxy.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def live(request: web.Request) -> web.StreamResponse:
-        return await handler.live(request)
-
-    async def ready(request: web.Request) -> web.StreamResponse:
-        return await handler.ready(request)
-
-    app = without_server_header(web.Application())
-    app.router.add_get("/metrics", metrics)
-    for path in ("/healthz", "/livez"):
-        app.router.add_get(path, live)
-    for path in ("/readyz", "/ready"):
-        app.router.add_get(path, ready)
-    proxy.metrics_runner = web.AppRunner(app, access_log=None)
+    routes = {"/metrics": metrics, "/healthz": handler.live, "/livez": handler.live}
+    routes |= {"/readyz": handler.ready, "/ready": handler.ready}
+    proxy.metrics_runner = web.ServerRunner(EdgeServer(by_path(routes), logger=log, access_log=None))
     await proxy.metrics_runner.setup()
     host, port = parse_listen(listen)
     site = web.TCPSite(proxy.metrics_runner, host, port)

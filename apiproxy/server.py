@@ -10,16 +10,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import http_exceptions, web
-from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
-from aiohttp.web_protocol import ERROR as PARSE_ERROR_MESSAGE
-from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from apiproxy import conceal, http1
@@ -28,6 +24,8 @@ from apiproxy.auth.principal import Principal
 from apiproxy.authn import Unauthorized
 from apiproxy.badrequest import KNOWN_METHODS, Invalid, from_parser_error, invalid
 from apiproxy.headers import client_response_headers, upstream_request_headers
+from apiproxy.httpedge import EdgeRequest, EdgeServer, log_internal_error
+from apiproxy.httpedge import peer as _peer
 from apiproxy.limits import RateLimiter, TooManyRequests, WatchCounter, cap_watch_timeout
 from apiproxy.metrics import OTHER, Metrics
 from apiproxy.policy import Decision, Policy, forbidden_message
@@ -530,7 +528,7 @@ class ProxyHandler:
         """Refusals decided before anything of the request is looked at: an HTTP version other than 1.0
         and 1.1 (the pure-Python parser passes any ``HTTP/d.d``), or a method nobody implements (the C
         parser refuses those itself; the pure-Python one accepts any token)."""
-        if isinstance(request, ProxyRequest) and request.unsupported_version:
+        if isinstance(request, EdgeRequest) and request.unsupported_version:
             return invalid("bad_version", self.max_header_bytes)
         if request.method not in KNOWN_METHODS:
             return invalid("bad_method", self.max_header_bytes)
@@ -689,17 +687,6 @@ class ProxyHandler:
             watch.revoke(why)
 
 
-def without_server_header(app: web.Application) -> web.Application:
-    """Make ``app`` send no ``Server`` header (aiohttp's names itself and its version): kube-apiserver
-    sends none, and a version string only helps an attacker. For the plain-HTTP metrics endpoints."""
-
-    async def drop(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers.popall("Server", None)
-
-    app.on_response_prepare.append(drop)
-    return app
-
-
 def _finish_upstream(upstream: http1.Response) -> None:
     # Closing (not releasing) drops the upstream connection unless the body was read to the end, so a
     # client that went away never leaves a half-read stream in the pool.
@@ -707,12 +694,6 @@ def _finish_upstream(upstream: http1.Response) -> None:
         upstream.release()
     else:
         upstream.close()
-
-
-def _peer(request: web.BaseRequest) -> str:
-    # The socket's own peer address (aiohttp reads it once per connection); forwarding headers are
-    # never believed.
-    return request.remote or ""
 
 
 def _abort(request: web.BaseRequest) -> None:
@@ -728,128 +709,26 @@ def _printable(target: str, limit: int = 200) -> str:
 
 
 def _log_internal_error(exc: BaseException, where: str) -> None:
-    """A bug, logged with its stack but without the exception's text, which may quote the request."""
-    stack = "".join(traceback.format_tb(exc.__traceback__))
-    log.error("internal error (%s): %s\n%s", where, type(exc).__name__, stack.rstrip())
+    log_internal_error(log, exc, where)
 
 
-class ProxyRequest(web.BaseRequest):
-    """A request on the proxy port: its responses never carry a ``Server`` header (kube-apiserver sends
-    none, and a version string only helps an attacker), and it remembers an unsupported HTTP version
-    so the handler can refuse it while the response still speaks HTTP/1.1."""
-
-    ATTRS = web.BaseRequest.ATTRS | frozenset({"unsupported_version"})
-
-    def __init__(self, *args: Any, unsupported_version: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.unsupported_version = unsupported_version
-
-    async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        # Runs after aiohttp has filled in its default headers and before they are written.
-        response.headers.popall("Server", None)
-
-
-class ProxyProtocol(web.RequestHandler):
-    """aiohttp's HTTP/1 connection handler with the proxy's answer to what its parser refuses.
-
-    ``handle_error`` is aiohttp's override point for both parsers (C and pure Python): a parse error
-    becomes a request whose handler calls it. The default answers in plain text quoting the request
-    bytes and logs a traceback with them; this one answers with a ``Status`` and one log line.
-    """
-
-    def __init__(self, manager: ProxyServer, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._proxy_handler = manager.proxy_handler
-        self._limit = manager.proxy_handler.max_header_bytes
-        self._received = 0
-        #: Offset of the first line feed on the connection: where the first request line ended. A line
-        #: too long before it is the request line (414), after it a header field (431). Only the first
-        #: request of a connection is told apart this way: a later one's too-long line counts as a header.
-        self._first_line_end: int | None = None
-
-    def data_received(self, data: bytes) -> None:
-        if self._first_line_end is None:
-            at = data.find(b"\n")
-            if at >= 0:
-                self._first_line_end = self._received + at
-            self._received += len(data)
-        super().data_received(data)
-
-    def log_exception(self, *args: Any, **kw: Any) -> None:
-        """aiohttp's other error log (an exception while it drains an unread request body, a handler
-        that returned nothing): one line with the exception's type, never its text or traceback, which
-        quote the request. A broken request body was already answered and accounted for."""
-        exc = kw.get("exc_info")
-        if isinstance(exc, http_exceptions.HttpProcessingError | RequestPayloadError):
-            log.debug("stopped reading a broken request body: %s", type(exc).__name__)
-        elif isinstance(exc, BaseException):
-            _log_internal_error(exc, "connection")
-        else:
-            log.error("connection error: %s", args[0] if args and isinstance(args[0], str) else "unknown")
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            # Part of a response is out: nothing more can be said on this connection.
-            raise ConnectionError("a response was already under way; closing the connection")
-        if isinstance(exc, http_exceptions.HttpProcessingError):
-            line_end = self._first_line_end
-            done = line_end is not None and line_end <= self._limit + 1
-            refusal = from_parser_error(exc, request_line_done=done, limit=self._limit)
-            return self._proxy_handler.refuse_invalid(request, refusal)
-        if isinstance(exc, ConnectionError):
-            raise exc  # the client is gone: aiohttp drops the connection quietly
-        # The handler timed out (504) or failed outside the pipeline's own error handling.
-        if exc is not None:
-            _log_internal_error(exc, f"peer {_peer(request) or 'unknown'}")
-        else:
-            log.error("request from %s failed with %d", _peer(request) or "unknown peer", status)
-        code = status if status in (500, 503, 504) else 500
-        response = status_response(code, "the proxy could not complete the request")
-        response.force_close()
-        return response
-
-
-class ProxyServer(web.Server):
-    """aiohttp's low-level server, counting connections and refusing those over the cap."""
+class ProxyServer(EdgeServer):
+    """The proxy port's server: the shared HTTP edge, whose refusals are Kubernetes ``Status`` answers
+    accounted for by the handler (a log line, ``apiproxy_invalid_requests_total``, an audit record);
+    it also counts connections and refuses those over the cap."""
 
     def __init__(self, handler: ProxyHandler, *, max_connections: int, **kwargs: Any) -> None:
         handler.max_header_bytes = int(kwargs.get("max_field_size", DEFAULT_MAX_HEADER_BYTES))
-        super().__init__(handler, request_factory=self._request, **kwargs)
+        super().__init__(handler, logger=log, **kwargs)
         self.proxy_handler = handler
         self._max = max_connections
         self._open = 0
-        self._protocol_kwargs = {
-            k: v for k, v in kwargs.items() if k not in ("handler_cancellation", "loop", "request_factory")
-        }
 
-    def __call__(self) -> web.RequestHandler:
-        return ProxyProtocol(self, loop=asyncio.get_running_loop(), **self._protocol_kwargs)
+    def refuse_invalid(self, request: web.BaseRequest, refusal: Invalid) -> web.StreamResponse:
+        return self.proxy_handler.refuse_invalid(request, refusal)
 
-    def _request(
-        self,
-        message: RawRequestMessage,
-        payload: aiohttp.StreamReader,
-        protocol: web.RequestHandler,
-        writer: Any,
-        task: asyncio.Task[None],
-    ) -> web.BaseRequest:
-        """Requests answer in HTTP/1.1 unless the client spoke HTTP/1.0: a parse error (aiohttp's
-        placeholder message says HTTP/1.0) and an unsupported version (HTTP/2.0 or 0.9 on the request
-        line) would otherwise get a status line in a version the client never agreed to."""
-        unsupported = False
-        if message is PARSE_ERROR_MESSAGE:
-            message = message._replace(version=HttpVersion11)
-        elif message.version not in (HttpVersion10, HttpVersion11):
-            message = message._replace(version=HttpVersion11)
-            unsupported = True
-        loop = asyncio.get_running_loop()
-        return ProxyRequest(message, payload, protocol, writer, task, loop, unsupported_version=unsupported)
+    def answer_failure(self, code: int) -> web.StreamResponse:
+        return status_response(code, "the proxy could not complete the request")
 
     @property
     def open_connections(self) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from apiproxy.server import without_server_header
+from apiproxy.httpedge import EdgeServer, by_path
 from apiproxy.settings import Settings, to_args
 from apiproxy.tlsconfig import parse_listen
 
@@ -71,7 +71,7 @@ class Supervisor:
             self.workers.append(proc)
         log.info("started %d workers: pids %s", len(self.workers), [p.pid for p in self.workers])
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.BaseRequest) -> web.Response:
         from prometheus_client import CollectorRegistry
         from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector
@@ -83,13 +83,13 @@ class Supervisor:
     def _dead(self) -> list[int]:
         return [p.pid for p in self.workers if p.returncode is not None]
 
-    async def live(self, request: web.Request) -> web.Response:
+    async def live(self, request: web.BaseRequest) -> web.Response:
         dead = self._dead()
         if dead:
             return web.Response(status=503, text=f"workers exited: {dead}\n")
         return web.Response(text="ok\n")
 
-    async def ready(self, request: web.Request) -> web.Response:
+    async def ready(self, request: web.BaseRequest) -> web.Response:
         if self.stopping:
             return web.Response(status=503, text="not ready: shutting down\n")
         if self._dead():
@@ -106,16 +106,12 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return web.Response(status=503, text=f"not ready: the proxy port does not answer ({exc!r})\n")
 
-    async def serve_endpoints(self) -> web.AppRunner | None:
+    async def serve_endpoints(self) -> web.ServerRunner | None:
         if not self.settings.metrics_listen:
             return None
-        app = without_server_header(web.Application())
-        app.router.add_get("/metrics", self.metrics)
-        for path in ("/healthz", "/livez"):
-            app.router.add_get(path, self.live)
-        for path in ("/readyz", "/ready"):
-            app.router.add_get(path, self.ready)
-        runner = web.AppRunner(app, access_log=None)
+        routes = {"/metrics": self.metrics, "/healthz": self.live, "/livez": self.live}
+        routes |= {"/readyz": self.ready, "/ready": self.ready}
+        runner = web.ServerRunner(EdgeServer(by_path(routes), logger=log, access_log=None))
         await runner.setup()
         host, port = parse_listen(self.settings.metrics_listen)
         await web.TCPSite(runner, host, port).start()

@@ -17,18 +17,17 @@ from collections.abc import Callable
 from typing import IO, Any, Final
 
 from aiohttp import hdrs, web
-from aiohttp.web_protocol import RequestHandler
 
 from apiproxy.auth import MAX_TOKEN_LENGTH, AuthenticationError, bearer_token
+from apiproxy.badrequest import Invalid
 from apiproxy.exporter.catalog import DOCUMENTS, Document
 from apiproxy.exporter.metrics import CODES, ExporterMetrics
 from apiproxy.exporter.state import ExporterState
+from apiproxy.httpedge import EdgeServer, Handler
 
-#: What every response says in ``Server`` instead of aiohttp's ``Python/x.y aiohttp/x.y.z``.
-SERVER_NAME: Final = "apiproxy-exporter"
 #: Longer ``Authorization`` values are refused (401) before any parsing.
 MAX_AUTHORIZATION: Final = MAX_TOKEN_LENGTH + len("Bearer ") + 16
-#: aiohttp's limit on one header line; anything longer never reaches the handler and gets a bare 400.
+#: aiohttp's limit on one header line; anything longer never reaches the handler: the edge answers 400.
 MAX_FIELD_SIZE: Final = 64 * 1024
 
 log = logging.getLogger("apiproxy.exporter")
@@ -42,54 +41,39 @@ def _json(status: int, value: Any, **headers: str) -> web.Response:
         status=status,
         body=_encode(value).encode("ascii") + b"\n",
         content_type=_JSON,
-        headers={hdrs.SERVER: SERVER_NAME, **headers},
+        headers=headers,
     )
 
 
-class _QuietRequestHandler(RequestHandler):
-    """aiohttp's connection handler, but its own error responses say nothing about the request.
+class ExporterServer(EdgeServer):
+    """The exporter's listeners on the project's HTTP edge (:mod:`apiproxy.httpedge`): no ``Server``
+    header, and what aiohttp's parser refuses (a header line over ``max_field_size``, bad framing) is
+    answered in the exporter's JSON error shape with fixed text, never a byte of the request: for an
+    oversized ``Authorization`` header, aiohttp's own answer and log line would quote the token.
 
-    aiohttp answers a request it cannot parse (a header line over ``max_field_size``, bad framing) with a
-    400 whose body and log line quote the first 100 bytes of the offending line: for an oversized
-    ``Authorization`` header, the token. Here the answer is a fixed JSON body, the log line names only the
-    status and the peer, and ``Server`` carries no versions.
+    Every parser refusal is a 400 ``bad_request`` whose ``reason`` names what was wrong; a failure of
+    the handler is a 500 ``internal_error``. ``on_error`` counts both by status code.
     """
 
-    on_error: Callable[[int], None] | None = None
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status >= 500:
-            log.error("request from %s failed", request.remote, exc_info=exc)
-        else:
-            log.warning("refused an unparsable request from %s (HTTP %d)", request.remote, status)
-        if self.on_error is not None:
-            self.on_error(status)
-        error = "internal_error" if status >= 500 else "bad_request"
-        response = _json(status, {"error": error})
-        response.force_close()
-        return response
-
-
-class ExporterServer(web.Server):
-    """aiohttp's low-level server with :class:`_QuietRequestHandler` connections."""
-
-    def __init__(self, handler: Any, *, on_error: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Handler, *, on_error: Callable[[int], None] | None = None, **kwargs: Any
+    ) -> None:
         # No access log: it would copy request lines and headers of anyone into the log; private reads
         # have their own audit line.
-        super().__init__(handler, max_field_size=MAX_FIELD_SIZE, access_log=None, **kwargs)
+        super().__init__(handler, logger=log, max_field_size=MAX_FIELD_SIZE, access_log=None, **kwargs)
         self._on_error = on_error
 
-    def __call__(self) -> RequestHandler:
-        # Same construction as web.Server.__call__ (which reads these two attributes too).
-        connection = _QuietRequestHandler(self, loop=self._loop, **self._kwargs)
-        connection.on_error = self._on_error
-        return connection
+    def answer_invalid(self, refusal: Invalid) -> web.StreamResponse:
+        self._count(400)
+        return _json(400, {"error": "bad_request", "reason": refusal.reason, "message": refusal.message})
+
+    def answer_failure(self, code: int) -> web.StreamResponse:
+        self._count(code)
+        return _json(code, {"error": "internal_error"})
+
+    def _count(self, status: int) -> None:
+        if self._on_error is not None:
+            self._on_error(status)
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -133,7 +117,6 @@ class ExporterHandler:
         }
 
     def _done(self, endpoint: str, response: web.Response) -> web.Response:
-        response.headers[hdrs.SERVER] = SERVER_NAME
         self._count[endpoint, str(response.status)].inc()
         return response
 
@@ -232,6 +215,6 @@ def build_metrics_server(metrics: ExporterMetrics) -> ExporterServer:
         if request.method not in ("GET", "HEAD"):
             return _json(405, {"error": "method_not_allowed"}, Allow=_ALLOW)
         body, content_type = metrics.exposition()
-        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type, hdrs.SERVER: SERVER_NAME})
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
     return ExporterServer(exposition)

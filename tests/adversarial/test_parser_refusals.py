@@ -17,26 +17,25 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NoReturn
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import http_parser
 
 from apiproxy.sandbox import Sandbox
+from tests.adversarial.parser_choice import (
+    PURE_PYTHON,
+    check_the_parser_in_use,
+    rerun_with_the_pure_python_parser,
+)
 from tests.adversarial.parser_table import LIMIT, ROWS, Row, new_marker, post_head
 from tests.adversarial.rawhttp import READ_DEADLINE, answer_and_hangup, close_writer, read_response
 from tests.helpers import eventually
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
-
-ROOT = Path(__file__).resolve().parents[2]
-PURE_PYTHON = os.environ.get("AIOHTTP_NO_EXTENSIONS") == "1"
 
 
 class Capture(logging.Handler):
@@ -208,25 +207,12 @@ async def test_exposition_passes_promtool_after_the_table(env: Env) -> None:
 
 
 def test_the_parser_in_use_is_the_one_asked_for() -> None:
-    pure = http_parser.HttpRequestParser is http_parser.HttpRequestParserPy
-    assert pure == PURE_PYTHON or not hasattr(http_parser, "HttpRequestParserC")
+    check_the_parser_in_use()
 
 
 @pytest.mark.skipif(PURE_PYTHON, reason="this is the pure-Python run")
 def test_the_pure_python_parser_answers_alike() -> None:
-    if not hasattr(http_parser, "HttpRequestParserC"):
-        pytest.skip("aiohttp's C parser is not built: the run above already used the pure-Python one")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        cwd=ROOT,
-        env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
+    rerun_with_the_pure_python_parser(__file__)
 
 
 @on_module_loop

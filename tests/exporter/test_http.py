@@ -245,11 +245,14 @@ async def test_no_server_header_with_versions_on_either_port(
     for url in (
         f"http://127.0.0.1:{exporter.port}{PUBLIC}",
         f"http://127.0.0.1:{exporter.port}/nope",
+        f"http://127.0.0.1:{exporter.port}/healthz",
         f"http://127.0.0.1:{exporter.metrics_port}/metrics",
+        f"http://127.0.0.1:{exporter.metrics_port}/nope",
     ):
         async with http.get(url) as resp:
             server = resp.headers.get("Server", "")
             assert "aiohttp" not in server and "Python" not in server and "/" not in server, url
+            assert "Server" not in resp.headers, (url, server)
 
 
 async def test_every_fixed_label_starts_at_zero(

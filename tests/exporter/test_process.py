@@ -74,6 +74,7 @@ async def test_exporter_process_serves_tls_from_the_cluster_and_reloads_its_cert
                 assert r.status == 200
                 assert await r.read() == (c.GOLDEN / "multicluster.json").read_bytes()
                 assert "aiohttp" not in r.headers.get("Server", "")
+                assert "Server" not in r.headers  # over TLS too, from the real process
             async with s.get(base + "/metadata/public/public.json") as r:
                 assert await r.read() == (c.GOLDEN / "public.json").read_bytes()
 
