@@ -48,20 +48,41 @@ defaultConfig:
 MESH_NETWORKS = "networks: {}\n"
 
 
+def _istio_file(*parts: str) -> Path:
+    path = gobuild.module_source().joinpath(*parts)
+    if not path.exists():
+        raise gobuild.BuildError(f"the pinned Istio source has no {'/'.join(parts)}")
+    return path
+
+
 def istio_crds() -> Path:
     """Istio's CRDs from the same source the binary is built from."""
-    path = gobuild.module_source() / "manifests" / "charts" / "base" / "files" / "crd-all.gen.yaml"
-    if not path.exists():
-        raise gobuild.BuildError(f"the pinned Istio source has no {path.name} at {path.parent}")
-    return path
+    return _istio_file("manifests", "charts", "base", "files", "crd-all.gen.yaml")
+
+
+def gateway_api_crds() -> Path:
+    """The Gateway API CRDs Istio's own integration tests install, at the version this Istio expects."""
+    return _istio_file("tests", "integration", "pilot", "testdata", "gateway-api-crd.yaml")
+
+
+def install_crds(cluster: RealCluster, *manifests: Path) -> None:
+    # `create`, not `apply`: these CRDs are larger than apply's last-applied annotation may be.
+    for manifest in manifests:
+        cluster.kubectl("create", "-f", str(manifest))
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=90s")
 
 
 def prepare_primary(cluster: RealCluster) -> None:
     """Istio's CRDs (established) and istiod's namespace on the cluster istiod runs against."""
-    # `create`, not `apply`: the CRDs are larger than apply's last-applied annotation may be.
-    cluster.kubectl("create", "-f", str(istio_crds()))
-    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=90s")
+    install_crds(cluster, istio_crds())
     cluster.kubectl("create", "namespace", ISTIO_NAMESPACE, check=False)
+
+
+def prepare_remote(cluster: RealCluster) -> None:
+    """A remote of a multi-primary mesh has Istio installed too, and Gateway API: with these CRDs present
+    istiod starts its WorkloadEntry and Gateway informers on the remote, so the policy is tested
+    against everything it would read from a real one."""
+    install_crds(cluster, istio_crds(), gateway_api_crds())
 
 
 def remote_secret(cluster_id: str, kubeconfig: str, *, name: str | None = None) -> dict[str, Any]:

@@ -28,7 +28,13 @@ from apiproxy.sandbox import Sandbox
 from tests.real import gobuild
 from tests.real.cluster import RealCluster, StartError, free_port
 from tests.real.conftest import Real, real_sandbox
-from tests.real.istiod import ISTIO_NAMESPACE, Istiod, prepare_primary, write_remote_secret
+from tests.real.istiod import (
+    ISTIO_NAMESPACE,
+    Istiod,
+    prepare_primary,
+    prepare_remote,
+    write_remote_secret,
+)
 
 REMOTE = "remote"
 #: istiod gives a remote cluster this long (PILOT_REMOTE_CLUSTER_TIMEOUT) before it calls it `timeout`.
@@ -61,6 +67,16 @@ def primary(tmp_path_factory: pytest.TempPathFactory, istiod_binary: Path) -> It
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def remote(real: Real) -> Real:
+    """The seeded real cluster of ``make test-real``, with Istio's and Gateway API's CRDs."""
+    try:
+        prepare_remote(real.cluster)
+    except RuntimeError as exc:
+        pytest.fail(f"test-istio: remote: {exc}", pytrace=False)
+    return real
 
 
 def remote_kubeconfig(box: Sandbox, cluster: str = "alpha") -> str:
@@ -207,9 +223,9 @@ def render_table(table: Counter[tuple[str, str, str, int]]) -> str:
 
 
 async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
-    real: Real, primary: RealCluster, istiod_binary: Path, tmp_path: Path
+    remote: Real, primary: RealCluster, istiod_binary: Path, tmp_path: Path
 ) -> None:
-    async with federation(real, primary, istiod_binary, tmp_path) as fed:
+    async with federation(remote, primary, istiod_binary, tmp_path) as fed:
         istiod = fed.istiod
         await fed.wait_synced(timeout=SYNC_DEADLINE + 30)
         since_start = time.monotonic() - istiod.started
@@ -220,12 +236,12 @@ async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
         assert not await asyncio.to_thread(istiod.metric, "remote_cluster_sync_timeouts_total")
 
         # Every remote service is in istiod's registry, and its endpoints are in the remote's shard.
-        services = direct(real, "/api/v1/services")
+        services = direct(remote, "/api/v1/services")
         expected_hosts = {host(s["metadata"]["name"], s["metadata"]["namespace"]) for s in services}
         hosts = await asyncio.to_thread(istiod.service_hosts)
         assert expected_hosts <= hosts, sorted(expected_hosts - hosts)[:10]
         ready: dict[str, set[str]] = {}
-        for eps in direct(real, "/apis/discovery.k8s.io/v1/endpointslices"):
+        for eps in direct(remote, "/apis/discovery.k8s.io/v1/endpointslices"):
             owner = eps["metadata"].get("labels", {}).get("kubernetes.io/service-name")
             for endpoint in eps.get("endpoints") or []:
                 if owner and endpoint.get("conditions", {}).get("ready"):
@@ -238,7 +254,7 @@ async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
 
         # A change on the remote reaches istiod through the proxy: a new service, then a scaled slice.
         name = f"istiod-sees-{uuid.uuid4().hex[:6]}"
-        await asyncio.to_thread(real.cluster.apply, [service(name), endpoint_slice(name, ["10.250.0.1"])])
+        await asyncio.to_thread(remote.cluster.apply, [service(name), endpoint_slice(name, ["10.250.0.1"])])
         try:
             await fed.until(lambda: host(name, NAMESPACE) in istiod.service_hosts(), "the new service")
             await fed.until(
@@ -246,7 +262,7 @@ async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
                 "the new service's endpoint",
             )
             scaled = endpoint_slice(name, ["10.250.0.1", "10.250.0.2", "10.250.0.3"])
-            await asyncio.to_thread(real.cluster.kubectl, "apply", "-f", "-", input=json.dumps(scaled))
+            await asyncio.to_thread(remote.cluster.kubectl, "apply", "-f", "-", input=json.dumps(scaled))
             await fed.until(
                 lambda: (
                     istiod.endpoint_addresses(host(name, NAMESPACE), REMOTE)
@@ -256,7 +272,7 @@ async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
             )
         finally:
             await asyncio.to_thread(
-                real.cluster.kubectl,
+                remote.cluster.kubectl,
                 "delete",
                 "service,endpointslice",
                 name,
@@ -275,10 +291,13 @@ async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
     assert records, "istiod made no request through the proxy"
     denied = {k: n for k, n in table.items() if k[2] != "allow" and k[2] != "conceal"}
     assert not denied, denied
+    # With the CRDs on the remote, istiod reads its WorkloadEntries and Gateway API gateways too.
+    read = {(r.get("group"), r.get("resource")) for r in records if r["decision"] == "allow"}
+    assert {("networking.istio.io", "workloadentries"), ("gateway.networking.k8s.io", "gateways")} <= read
     secret_records = [r for r in records if r.get("resource") == "secrets"]
     assert secret_records, "istiod never asked for Secrets (the policy's conceal rule would be dead)"
     assert {r["decision"] for r in secret_records} == {"conceal"}
-    assert not [e for e in real.cluster.audit_events_by(real.proxy_user) if _secret(e)]
+    assert not [e for e in remote.cluster.audit_events_by(remote.proxy_user) if _secret(e)]
 
 
 def _relist(record: dict[str, Any]) -> bool:
@@ -294,16 +313,16 @@ def _secret(event: dict[str, Any]) -> bool:
 
 
 async def test_istiod_resyncs_after_the_proxy_restarts(
-    real: Real, primary: RealCluster, istiod_binary: Path, tmp_path: Path
+    remote: Real, primary: RealCluster, istiod_binary: Path, tmp_path: Path
 ) -> None:
     """The proxy goes away under istiod's watches and comes back on the same address: istiod relists
     through it and the remote is ``synced`` again, with changes made meanwhile."""
-    async with federation(real, primary, istiod_binary, tmp_path, listen=f"127.0.0.1:{free_port()}") as fed:
+    async with federation(remote, primary, istiod_binary, tmp_path, listen=f"127.0.0.1:{free_port()}") as fed:
         await fed.wait_synced(timeout=SYNC_DEADLINE + 30)
         await fed.proxy.stop()
         before = len(fed.istiod_records())
         name = f"while-down-{uuid.uuid4().hex[:6]}"
-        await asyncio.to_thread(real.cluster.apply, [service(name), endpoint_slice(name, ["10.250.1.1"])])
+        await asyncio.to_thread(remote.cluster.apply, [service(name), endpoint_slice(name, ["10.250.1.1"])])
         try:
             await fed.proxy.start()
             restarted = time.monotonic()
@@ -317,7 +336,7 @@ async def test_istiod_resyncs_after_the_proxy_restarts(
             assert fed.istiod.alive()
         finally:
             await asyncio.to_thread(
-                real.cluster.kubectl,
+                remote.cluster.kubectl,
                 "delete",
                 "service,endpointslice",
                 name,
@@ -335,16 +354,16 @@ async def test_istiod_resyncs_after_the_proxy_restarts(
 
 
 async def test_a_replaced_remote_secret_token_is_picked_up_and_the_outage_measured(
-    real: Real, primary: RealCluster, istiod_binary: Path, tmp_path: Path
+    remote: Real, primary: RealCluster, istiod_binary: Path, tmp_path: Path
 ) -> None:
     """The remote secret's kubeconfig gets a new token (minted by another trusted key, so the audit log
     shows which one istiod uses): istiod rebuilds the remote's client. Measured: how long the remote is
     not ``synced`` and whether its endpoints leave istiod's registry meanwhile."""
-    async with federation(real, primary, istiod_binary, tmp_path) as fed:
+    async with federation(remote, primary, istiod_binary, tmp_path) as fed:
         await fed.wait_synced(timeout=SYNC_DEADLINE + 30)
         name = f"rotation-{uuid.uuid4().hex[:6]}"
         hostname = host(name, NAMESPACE)
-        await asyncio.to_thread(real.cluster.apply, [service(name), endpoint_slice(name, ["10.250.2.1"])])
+        await asyncio.to_thread(remote.cluster.apply, [service(name), endpoint_slice(name, ["10.250.2.1"])])
         try:
             await fed.until(
                 lambda: fed.istiod.endpoint_addresses(hostname, REMOTE) == {"10.250.2.1"}, "the endpoint"
@@ -379,7 +398,7 @@ async def test_a_replaced_remote_secret_token_is_picked_up_and_the_outage_measur
             assert await asyncio.to_thread(fed.istiod.endpoint_addresses, hostname, REMOTE) == {"10.250.2.1"}
         finally:
             await asyncio.to_thread(
-                real.cluster.kubectl,
+                remote.cluster.kubectl,
                 "delete",
                 "service,endpointslice",
                 name,
