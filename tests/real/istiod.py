@@ -126,6 +126,8 @@ class Istiod:
     kubeconfig: Path
     cluster_id: str = "primary"
     ports: Ports = field(default_factory=Ports)
+    #: Extra environment (e.g. ``PILOT_REMOTE_CLUSTER_TIMEOUT``) on top of the fixed one.
+    env: dict[str, str] = field(default_factory=dict)
     process: Process | None = None
     started: float = 0.0
 
@@ -170,6 +172,7 @@ class Istiod:
             # source of truth).
             ENABLE_DEBUG_ON_HTTP="true",
         )
+        env.update(self.env)
         return env
 
     def start(self, *, timeout: float = 120) -> Istiod:

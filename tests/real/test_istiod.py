@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from apiproxy.kubeconfig import render_kubeconfig
-from apiproxy.sandbox import Sandbox
+from apiproxy.sandbox import Sandbox, new_cluster, write_trust_file
 from tests.real import gobuild
 from tests.real.cluster import RealCluster, StartError, free_port
 from tests.real.conftest import Real, real_sandbox
@@ -141,13 +141,20 @@ class Federation:
 
 @contextlib.asynccontextmanager
 async def federation(
-    real: Real, primary: RealCluster, binary: Path, workdir: Path, **proxy_settings: Any
+    real: Real,
+    primary: RealCluster,
+    binary: Path,
+    workdir: Path,
+    *,
+    kubeconfig: Callable[[Sandbox], str] = remote_kubeconfig,
+    istiod_env: dict[str, str] | None = None,
+    **proxy_settings: Any,
 ) -> AsyncIterator[Federation]:
     box = real_sandbox(real, workdir / "proxy", **proxy_settings)
     await box.start()
-    istiod = Istiod(binary, workdir / "istiod", primary.admin_kubeconfig)
+    istiod = Istiod(binary, workdir / "istiod", primary.admin_kubeconfig, env=istiod_env or {})
     try:
-        await asyncio.to_thread(write_remote_secret, primary, REMOTE, remote_kubeconfig(box))
+        await asyncio.to_thread(write_remote_secret, primary, REMOTE, kubeconfig(box))
         try:
             await asyncio.to_thread(istiod.start)
         except StartError as exc:
@@ -408,3 +415,83 @@ async def test_a_replaced_remote_secret_token_is_picked_up_and_the_outage_measur
                 "--ignore-not-found",
                 check=False,
             )
+
+
+async def test_a_token_the_proxy_does_not_trust_leaves_the_remote_unsynced_and_nothing_crashes(
+    remote: Real, primary: RealCluster, istiod_binary: Path, tmp_path: Path
+) -> None:
+    """A remote secret whose token no trusted cluster minted (a revoked or foreign key): every request
+    is a 401 with nothing forwarded; istiod gives up on the remote at its sync timeout and keeps
+    serving."""
+
+    def stranger(box: Sandbox) -> str:
+        key = new_cluster("stranger", box.local_uuid)
+        return render_kubeconfig(
+            box.proxy_url, box.serving.ca_file.read_bytes(), token=key.token, name=REMOTE
+        )
+
+    async with federation(
+        remote,
+        primary,
+        istiod_binary,
+        tmp_path,
+        kubeconfig=stranger,
+        istiod_env={"PILOT_REMOTE_CLUSTER_TIMEOUT": "3s"},
+    ) as fed:
+        await fed.until(lambda: fed.istiod.cluster_status(REMOTE) == "timeout", "the remote timing out")
+        assert await asyncio.to_thread(fed.istiod.metric, "remote_cluster_sync_timeouts_total")
+        assert await asyncio.to_thread(fed.istiod.metric, "controller_sync_errors_total", cluster=REMOTE)
+        assert fed.istiod.alive()
+        records = fed.proxy.audit_records()
+    assert records
+    assert {(r["decision"], r["status"]) for r in records} == {("unauthenticated", 401)}
+
+
+async def test_revoking_the_remote_while_istiod_watches_cuts_it_off(
+    remote: Real, primary: RealCluster, istiod_binary: Path, tmp_path: Path
+) -> None:
+    """The remote cluster's key leaves the proxy's trust file while istiod watches: the proxy ends
+    istiod's open watches at its next reload and answers every retry 401, so a change made after the
+    revocation never reaches istiod. istiod itself keeps running (and, this Istio version, keeps
+    calling the remote ``synced`` with its last-known state; only its sync-error counter moves)."""
+    async with federation(remote, primary, istiod_binary, tmp_path) as fed:
+        await fed.wait_synced(timeout=SYNC_DEADLINE + 30)
+        assert fed.open_watches("alpha") > 0
+        write_trust_file(fed.proxy.trust_file, [fed.proxy.clusters["beta"]])
+        revoked = time.monotonic()
+        while fed.open_watches("alpha"):
+            assert time.monotonic() - revoked < 10, "the proxy kept a revoked cluster's watches open"
+            await asyncio.sleep(0.05)
+        cut = time.monotonic() - revoked
+        name = f"after-revoke-{uuid.uuid4().hex[:6]}"
+        await asyncio.to_thread(remote.cluster.apply, [service(name), endpoint_slice(name, ["10.250.3.1"])])
+        try:
+
+            def refused_endpointslices() -> int:
+                return sum(
+                    1
+                    for r in fed.proxy.audit_records()
+                    if r["decision"] == "unauthenticated" and "/endpointslices" in r.get("target", "")
+                )
+
+            # istiod's EndpointSlice informer came back after the change was made, and was refused.
+            baseline = refused_endpointslices()
+            await fed.until(lambda: refused_endpointslices() > baseline, "istiod retrying", timeout=60)
+            assert not await asyncio.to_thread(fed.istiod.endpoint_addresses, host(name, NAMESPACE), REMOTE)
+            assert await asyncio.to_thread(fed.istiod.metric, "controller_sync_errors_total", cluster=REMOTE)
+            assert fed.istiod.alive()
+            print(f"\nrevoked -> watches ended: {cut:.2f}s; istiod says {await fed.status()!r} afterwards")
+        finally:
+            await asyncio.to_thread(
+                remote.cluster.kubectl,
+                "delete",
+                "service,endpointslice",
+                name,
+                f"{name}-1",
+                "-n",
+                NAMESPACE,
+                "--ignore-not-found",
+                check=False,
+            )
+    after = [r for r in fed.proxy.audit_records() if r["decision"] != "unauthenticated"]
+    assert {r["reason"] for r in after} == {"ended by the proxy: trust store changed"}
