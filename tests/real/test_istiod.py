@@ -326,6 +326,7 @@ async def test_istiod_resyncs_after_the_proxy_restarts(
     through it and the remote is ``synced`` again, with changes made meanwhile."""
     async with federation(remote, primary, istiod_binary, tmp_path, listen=f"127.0.0.1:{free_port()}") as fed:
         await fed.wait_synced(timeout=SYNC_DEADLINE + 30)
+        informers = fed.open_watches("alpha")
         await fed.proxy.stop()
         before = len(fed.istiod_records())
         name = f"while-down-{uuid.uuid4().hex[:6]}"
@@ -339,6 +340,9 @@ async def test_istiod_resyncs_after_the_proxy_restarts(
                 timeout=60,
             )
             print(f"\nproxy restart -> change seen by istiod: {time.monotonic() - restarted:.1f}s")
+            # Every informer comes back (client-go's backoff decides when).
+            await fed.until(lambda: fed.open_watches("alpha") >= informers, "all informers back", timeout=90)
+            print(f"proxy restart -> all {informers} informers back: {time.monotonic() - restarted:.1f}s")
             assert await fed.status() == "synced"
             assert fed.istiod.alive()
         finally:
@@ -357,6 +361,7 @@ async def test_istiod_resyncs_after_the_proxy_restarts(
     relists = Counter(r["resource"] for r in after if _relist(r))
     resumed = Counter(r["resource"] for r in after if r.get("verb") == "watch" and not _relist(r))
     print(f"after the restart: relists {dict(relists)}; watches resumed {dict(resumed)}")
+    assert sum(relists.values()) + sum(resumed.values()) >= informers
     assert {r["decision"] for r in after} <= {"allow", "conceal"}
 
 
