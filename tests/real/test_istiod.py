@@ -321,7 +321,10 @@ async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
     secret_records = [r for r in records if r.get("resource") == "secrets"]
     assert secret_records, "istiod never asked for Secrets (the policy's conceal rule would be dead)"
     assert {r["decision"] for r in secret_records} == {"conceal"}
-    assert not [e for e in remote.cluster.audit_events_by(remote.proxy_user) if _secret(e)]
+    forwarded = list(remote.cluster.audit_events_by(remote.proxy_user))
+    assert forwarded, "the remote apiserver saw nothing from the proxy"
+    assert not [e for e in forwarded if _secret(e)]
+    assert {e["verb"] for e in forwarded} <= {"get", "list", "watch"}
 
 
 def _relist(record: dict[str, Any]) -> bool:
@@ -425,6 +428,10 @@ async def test_a_replaced_remote_secret_token_is_picked_up_and_the_outage_measur
                 f"statuses {statuses}"
             )
             assert await asyncio.to_thread(fed.istiod.endpoint_addresses, hostname, REMOTE) == {"10.250.2.1"}
+            assert (
+                await asyncio.to_thread(fed.istiod.metric, "istiod_managed_clusters", cluster_type="remote")
+                == 1
+            )
         finally:
             await asyncio.to_thread(
                 remote.cluster.kubectl,
