@@ -3,9 +3,10 @@ module proxy, and cache them under ``~/.cache/apiproxy/``.
 
 ``go.mod`` beside this file pins ``k8s.io/kubernetes`` and replaces each of its staging modules with the
 published ``k8s.io/*`` release of the same minor version, so ``go build k8s.io/kubernetes/cmd/...`` works
-outside the Kubernetes repository. A binary's cache name carries the version and a digest of ``go.mod``,
-``go.sum`` and (for our own programs) their sources, so a warm machine never rebuilds and a changed pin
-always does.
+outside the Kubernetes repository. istiod (``pilot-discovery``) lives in its own module, ``istiod/``, because
+Istio pins other ``k8s.io/*`` minors than the apiserver does. A binary's cache name carries the version and
+a digest of its module's ``go.mod``, ``go.sum`` and (for our own programs) their sources, so a warm machine
+never rebuilds and a changed pin always does.
 
 Run as ``python -m tests.real.gobuild [NAME ...]`` to build ahead of the tests (``make test-real`` does);
 progress goes to stderr, and a missing Go or a failed build is one clear line and exit status 2.
@@ -14,6 +15,7 @@ progress goes to stderr, and a missing Go or a failed build is one clear line an
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -44,6 +46,18 @@ class Program:
     #: Packages whose ``gitVersion`` & co. are stamped with the pinned version, as Kubernetes' own build
     #: does: clients (istiod among them) parse ``/version``, and ``v0.0.0-master`` is not a release.
     version_packages: tuple[str, ...] = ()
+    #: The Go module directory (under tests/real) the program is built in; its go.mod pins ``module``.
+    directory: str = "."
+    #: Istio's ``pkg/version`` is stamped like Istio's own build does (release line and commit), so
+    #: istiod's log and ``/version`` name what actually runs instead of ``unknown``.
+    istio_version: bool = False
+    #: Built by a bare ``python -m tests.real.gobuild`` (``make real-binaries``); istiod is not: only
+    #: ``make test-istio`` pays for it.
+    default: bool = True
+
+    @property
+    def go_mod(self) -> Path:
+        return HERE / self.directory / "go.mod"
 
 
 PROGRAMS = {
@@ -59,11 +73,19 @@ PROGRAMS = {
     # disabled", which a real cluster never does.
     "etcd": Program("etcd", "go.etcd.io/etcd/server/v3", module="go.etcd.io/etcd/server/v3"),
     "informer": Program("informer", "./informer", sources="informer"),
+    "pilot-discovery": Program(
+        "pilot-discovery",
+        "istio.io/istio/pilot/cmd/pilot-discovery",
+        module="istio.io/istio",
+        directory="istiod",
+        istio_version=True,
+        default=False,
+    ),
 }
 
 
 def module_version(module: str = "k8s.io/kubernetes", go_mod: Path = HERE / "go.mod") -> str:
-    match = re.search(rf"^\s*{re.escape(module)} (v\S+)", go_mod.read_text(), re.MULTILINE)
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)} (v\S+)", go_mod.read_text(), re.MULTILINE)
     if not match:
         raise BuildError(f"{go_mod} does not require {module}")
     return match.group(1)
@@ -71,7 +93,7 @@ def module_version(module: str = "k8s.io/kubernetes", go_mod: Path = HERE / "go.
 
 def _digest(program: Program) -> str:
     h = hashlib.sha256()
-    for path in (HERE / "go.mod", HERE / "go.sum"):
+    for path in (program.go_mod, program.go_mod.with_name("go.sum")):
         h.update(path.read_bytes())
     if program.sources:
         for path in sorted((HERE / program.sources).rglob("*.go")):
@@ -82,7 +104,7 @@ def _digest(program: Program) -> str:
 
 def cached_path(name: str) -> Path:
     program = PROGRAMS[name]
-    return CACHE / f"{name}-{module_version(program.module)}-{_digest(program)}"
+    return CACHE / f"{name}-{module_version(program.module, program.go_mod)}-{_digest(program)}"
 
 
 def _go(name: str) -> str:
@@ -94,6 +116,46 @@ def _go(name: str) -> str:
     return go
 
 
+def module_source(module: str = "istio.io/istio", directory: str = "istiod") -> Path:
+    """The pinned ``module``'s source tree in the module cache (downloaded when missing): Istio's CRDs and
+    its ``VERSION`` file come from the very commit the binary is built from."""
+    try:
+        out = subprocess.run(
+            [_go(), "mod", "download", "-json", module],
+            cwd=HERE / directory,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise BuildError(f"go mod download {module} failed: {exc}") from None
+    found = json.loads(out).get("Dir")
+    if not found:
+        raise BuildError(f"go mod download {module} did not report the module directory")
+    return Path(found)
+
+
+def istio_release() -> str:
+    """The release line of the pinned Istio source (its ``VERSION`` file, e.g. ``1.31``).
+
+    Istio tags releases without the ``v`` Go needs, so the module proxy serves only pseudo-versions;
+    the source tree itself says which release a commit belongs to.
+    """
+    return (module_source() / "VERSION").read_text().strip()
+
+
+def _istio_stamp(version: str) -> list[str]:
+    package = "istio.io/istio/pkg/version"
+    revision = version.rsplit("-", 1)[-1]
+    return [
+        f"-X {package}.buildVersion={istio_release()}-dev+{revision}",
+        f"-X {package}.buildGitRevision={revision}",
+        f"-X {package}.buildStatus=Clean",
+        f"-X {package}.buildTag={version}",
+    ]
+
+
 def ensure(name: str, *, log: bool = True) -> Path:
     """The cached binary for ``name``, building it first when this machine has none."""
     target = cached_path(name)
@@ -103,7 +165,8 @@ def ensure(name: str, *, log: bool = True) -> Path:
     go = _go(name)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    version = module_version(program.module)
+    version = module_version(program.module, program.go_mod)
+    workdir = HERE / program.directory
     major, minor = version.lstrip("v").split(".")[:2]
     ldflags = ["-s", "-w"]
     for package in program.version_packages:
@@ -113,6 +176,8 @@ def ensure(name: str, *, log: bool = True) -> Path:
             f"-X {package}.gitMinor={minor}",
             f"-X {package}.gitTreeState=clean",
         ]
+    if program.istio_version:
+        ldflags += _istio_stamp(version)
     cmd = [go, "build", "-trimpath", f"-ldflags={' '.join(ldflags)}", "-o", str(tmp)]
     if program.tags:
         cmd.append(f"-tags={program.tags}")
@@ -122,7 +187,7 @@ def ensure(name: str, *, log: bool = True) -> Path:
     say(f"building {name} {version} from the Go module proxy (the first time takes minutes) ...")
     started = time.monotonic()
     proc = subprocess.Popen(
-        cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     assert proc.stderr is not None
     tail: list[str] = []
@@ -153,7 +218,7 @@ def ensure(name: str, *, log: bool = True) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(PROGRAMS)
+    names = argv or [name for name, program in PROGRAMS.items() if program.default]
     for name in names:
         if name not in PROGRAMS:
             print(f"unknown program {name!r}; known: {', '.join(PROGRAMS)}", file=sys.stderr)
