@@ -273,6 +273,13 @@ class ProxyHandler:
         finally:
             _finish_upstream(upstream)
 
+    def _watch_lifetime(self, principal: Principal) -> float:
+        """How long a watch may last: ``--max-watch-timeout``, and never past the credential's expiry, so
+        the client has to come back (and authenticate again) before its token runs out."""
+        if principal.expires_at is None:
+            return self.limits.max_watch_timeout
+        return max(1.0, min(self.limits.max_watch_timeout, principal.expires_at - time.time()))
+
     async def _forward_watch(
         self,
         request: web.BaseRequest,
@@ -289,7 +296,7 @@ class ProxyHandler:
         self.watch_slots.acquire(cluster)
         ex.decision = "allow"
         try:
-            target, timeout = cap_watch_timeout(info.forward_target, self.limits.max_watch_timeout)
+            target, timeout = cap_watch_timeout(info.forward_target, self._watch_lifetime(principal))
             ex.forwarded = target
             upstream = await self.upstream.open(
                 request.method, target, headers, watch=True, watch_timeout=timeout
@@ -450,7 +457,7 @@ class ProxyHandler:
         ex.decision = "conceal"
         try:
             # Audited as the watch in force (its timeout capped), though nothing of it goes upstream.
-            ex.forwarded, timeout = cap_watch_timeout(info.forward_target, self.limits.max_watch_timeout)
+            ex.forwarded, timeout = cap_watch_timeout(info.forward_target, self._watch_lifetime(principal))
             version = await self.facts.resource_version()  # 503 before the stream starts if unknown
             stop = _ConcealedStop()
             active = ActiveWatch(principal, info, stop, action="conceal")

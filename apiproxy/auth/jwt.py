@@ -341,5 +341,12 @@ class TokenVerifier:
                     "too_long_lived",
                     f"token lifetime exceeds the allowed maximum of {self.max_lifetime:.0f}s",
                 )
-        principal = Principal(cluster_uuid=cluster.uuid, cluster_name=cluster.name, method="jwt", subject=sub)
-        return principal, exp + self.exp_leeway
+        expires_at = exp + self.exp_leeway
+        principal = Principal(
+            cluster_uuid=cluster.uuid,
+            cluster_name=cluster.name,
+            method="jwt",
+            subject=sub,
+            expires_at=expires_at,
+        )
+        return principal, expires_at

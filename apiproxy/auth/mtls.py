@@ -209,4 +209,5 @@ def combine(cert_principal: Principal | None, jwt_principal: Principal | None) -
         cluster_name=jwt_principal.cluster_name or cert_principal.cluster_name,
         method="jwt+mtls",
         subject=jwt_principal.subject,
+        expires_at=jwt_principal.expires_at,
     )

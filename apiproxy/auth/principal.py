@@ -14,12 +14,17 @@ class Principal:
 
     ``subject`` is what the credential said about the caller: the JWT ``sub`` (the cluster UUID for
     Deckhouse tokens) or, for mTLS, the certificate SAN or subject that identified it.
+
+    ``expires_at`` is when the credential stops being valid (a token's ``exp``, leeway included), or
+    None: a watch opened with it must not outlive it, or an expired (or stolen and expired) token would
+    keep streaming until the watch's own timeout.
     """
 
     cluster_uuid: str
     cluster_name: str | None
     method: Method
     subject: str
+    expires_at: float | None = None
 
     @property
     def display(self) -> str:
