@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Method = Literal["jwt", "mtls", "jwt+mtls"]
@@ -24,7 +24,7 @@ class Principal:
     cluster_name: str | None
     method: Method
     subject: str
-    expires_at: float | None = None
+    expires_at: float | None = field(default=None, compare=False)  # who it is, not until when
 
     @property
     def display(self) -> str:
