@@ -121,7 +121,7 @@ def module_source(module: str = "istio.io/istio", directory: str = "istiod") -> 
     its ``VERSION`` file come from the very commit the binary is built from."""
     try:
         out = subprocess.run(
-            [_go(), "mod", "download", "-json", module],
+            [_go(f"{module} (its source)"), "mod", "download", "-json", module],
             cwd=HERE / directory,
             capture_output=True,
             text=True,
