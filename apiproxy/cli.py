@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from apiproxy import __version__, logs
-from apiproxy.settings import Settings, add_arguments, serve_settings
+from apiproxy.settings import Settings, add_arguments, parse_settings, serve_settings
 
 T = TypeVar("T")
 
@@ -48,6 +48,18 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
+def _exporter(settings: Any) -> int:
+    from apiproxy.exporter.main import ConfigurationError, run_exporter
+
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(run_exporter(settings))
+    except (ConfigurationError, ValueError, OSError) as exc:
+        print(f"apiproxy exporter: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from apiproxy.demo import run_demo
 
@@ -56,7 +68,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The ``apiproxy`` parser and its ``serve`` subparser (which ``--config`` re-parses)."""
+    parser, subparsers = _build_parsers()
+    return parser, subparsers["serve"]
+
+
+def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``apiproxy`` parser and the subparsers whose ``--config`` is re-parsed, by command."""
     from apiproxy.auth.cli import add_commands as add_auth_commands
+    from apiproxy.exporter.settings import ExporterSettings
     from apiproxy.policy_cli import add_commands as add_policy_commands
 
     parser = argparse.ArgumentParser(
@@ -74,6 +93,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     add_arguments(serve)
 
+    exporter = sub.add_parser(
+        "exporter",
+        help="publish this cluster's federation metadata",
+        description="Serve Deckhouse's public and private metadata documents, built from watched "
+        "Kubernetes objects or files.",
+    )
+    add_arguments(exporter, ExporterSettings)
+
     demo = sub.add_parser(
         "demo", help="run a simulated apiserver and the proxy on loopback, and walk through it"
     )
@@ -85,15 +112,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     add_policy_commands(sub)
     add_auth_commands(sub)
-    return parser, serve
+    return parser, {"serve": serve, "exporter": exporter}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, serve = build_parser()
+    parser, subparsers = _build_parsers()
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return _serve(serve_settings(serve, argv[argv.index("serve") + 1 :]))
+        return _serve(serve_settings(subparsers["serve"], argv[argv.index("serve") + 1 :]))
+    if args.command == "exporter":
+        from apiproxy.exporter.settings import ExporterSettings
+
+        rest = argv[argv.index("exporter") + 1 :]
+        return _exporter(parse_settings(subparsers["exporter"], rest, ExporterSettings))
     return int(args.func(args))
 
 

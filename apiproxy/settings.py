@@ -160,15 +160,16 @@ class Settings:
         return dict(self.cert_san_cluster or ())
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``Settings`` field, ``--like-this``, with its default shown in ``--help``."""
+def add_arguments(parser: argparse.ArgumentParser, settings_class: type[Any] = Settings) -> None:
+    """One flag per field of ``settings_class`` (``serve``'s by default), ``--like-this``, with its
+    default shown in ``--help``."""
     parser.add_argument(
         "--config",
         metavar="FILE",
         help="YAML file of options (keys are these flag names without '--'); flags given here override it",
     )
-    defaults = Settings()
-    for f in fields(Settings):
+    defaults = settings_class()
+    for f in fields(settings_class):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = f.metadata["help"]
@@ -195,14 +196,15 @@ def _type_of(default: Any, annotation: Any) -> Callable[[str], Any]:
     return str
 
 
-def from_namespace(ns: argparse.Namespace) -> Settings:
-    return Settings(**{f.name: getattr(ns, f.name) for f in fields(Settings)})
+def from_namespace(ns: argparse.Namespace, settings_class: type[Any] = Settings) -> Any:
+    return settings_class(**{f.name: getattr(ns, f.name) for f in fields(settings_class)})
 
 
 def settings_from_args(argv: Sequence[str]) -> Settings:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return from_namespace(parser.parse_args(list(argv)))
+    settings: Settings = from_namespace(parser.parse_args(list(argv)))
+    return settings
 
 
 def to_args(settings: Settings) -> list[str]:
@@ -228,12 +230,12 @@ class ConfigFileError(ValueError):
     """A configuration file that cannot be used; the message names the file and the key."""
 
 
-def _flag_fields() -> dict[str, Any]:
-    return {f.name.replace("_", "-"): f for f in fields(Settings)}
+def _flag_fields(settings_class: type[Any]) -> dict[str, Any]:
+    return {f.name.replace("_", "-"): f for f in fields(settings_class)}
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping whose keys are ``serve`` flag names (``tls-cert-file: /path``).
+def load_config(path: Path, settings_class: type[Any] = Settings) -> dict[str, Any]:
+    """Read a YAML mapping whose keys are flag names of ``settings_class`` (``tls-cert-file: /path``).
 
     Values are converted by the same functions as the flags, so ``30s`` works for a duration, and every
     unknown key or bad value is an error naming the key.
@@ -248,8 +250,8 @@ def load_config(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(document, dict):
         raise ConfigFileError(f"{path}: must be a mapping of option names to values")
-    known = _flag_fields()
-    defaults = Settings()
+    known = _flag_fields(settings_class)
+    defaults = settings_class()
     values: dict[str, Any] = {}
     for key, raw in document.items():
         f = known.get(str(key))
@@ -292,12 +294,18 @@ def _convert(f: Any, raw: Any, default: Any) -> Any:
 
 def serve_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Settings:
     """Parse ``serve`` flags; with ``--config FILE`` its values become the defaults that flags override."""
+    settings: Settings = parse_settings(parser, argv, Settings)
+    return settings
+
+
+def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str], settings_class: type[Any]) -> Any:
+    """Parse the flags of ``settings_class``; a ``--config FILE`` supplies defaults that flags override."""
     args = parser.parse_args(list(argv))
     config = getattr(args, "config", None)
     if config:
         try:
-            parser.set_defaults(**load_config(Path(config)))
+            parser.set_defaults(**load_config(Path(config), settings_class))
         except ConfigFileError as exc:
             parser.error(str(exc))
         args = parser.parse_args(list(argv))
-    return from_namespace(args)
+    return from_namespace(args, settings_class)

@@ -1,10 +1,11 @@
 """Trust store read straight from the Deckhouse Secret (``--trust-secret NAMESPACE/NAME``), no volume.
 
-A daemon thread watches the one Secret (``list_namespaced_secret`` with
-``field_selector=metadata.name=NAME``) and reconnects with backoff; each ADDED/MODIFIED event is parsed
-into a :class:`TrustStore`. The server polls it exactly like :class:`~apiproxy.auth.truststore.TrustSource`:
-``refresh()`` returns True once per new snapshot and raises (once) the error of a broken Secret, keeping
-the previous snapshot. A deleted Secret keeps the last good snapshot and is reported as an error.
+A :class:`~apiproxy.kubewatch.WatchLoop` thread lists then watches the one Secret
+(``field_selector=metadata.name=NAME``) and reconnects with backoff; the listed object and each
+ADDED/MODIFIED event are parsed into a :class:`TrustStore`. The server polls it exactly like
+:class:`~apiproxy.auth.truststore.TrustSource`: ``refresh()`` returns True once per new snapshot and
+raises (once) the error of a broken Secret, keeping the previous snapshot. A deleted or absent Secret
+keeps the last good snapshot and is reported as an error.
 
 The Kubernetes API is reached only through ``stream_factory``; the default uses the ``kubernetes``
 client, tests pass a fake.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from apiproxy.auth.errors import TrustStoreError
 from apiproxy.auth.truststore import TrustStore, build_trust_store
+from apiproxy.kubewatch import KubernetesClient, WatchLoop, WatchTarget, list_then_watch
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +31,28 @@ DATA_KEY: Final = "remote-public-metadata.json"
 StreamFactory = Callable[[str, str, threading.Event], Iterable[Mapping[str, Any]]]
 
 
-def kubernetes_stream(api: Any = None, *, timeout_seconds: int = 300) -> StreamFactory:
-    """A ``StreamFactory`` over the ``kubernetes`` client (in-cluster config unless ``api`` is given)."""
+def kubernetes_stream(api: Any = None) -> StreamFactory:
+    """A ``StreamFactory`` over the ``kubernetes`` client (in-cluster config unless ``api`` is given):
+    :func:`~apiproxy.kubewatch.list_then_watch` of the one Secret."""
 
     def factory(namespace: str, name: str, stop: threading.Event) -> Iterator[Mapping[str, Any]]:
-        # Imported lazily and untyped: only this optional feature needs the kubernetes client.
-        config: Any = importlib.import_module("kubernetes.config")
-        client: Any = importlib.import_module("kubernetes.client")
-        watch: Any = importlib.import_module("kubernetes.watch")
-        core = api
-        if core is None:
-            config.load_incluster_config()
-            core = client.CoreV1Api()
-        w = watch.Watch()
-        try:
-            for event in w.stream(
-                core.list_namespaced_secret,
-                namespace,
-                field_selector=f"metadata.name={name}",
-                timeout_seconds=timeout_seconds,
-            ):
-                if stop.is_set():
-                    break
-                yield event
-        finally:
-            w.stop()
+        client = KubernetesClient.from_config() if api is None else KubernetesClient(api.api_client)
+        yield from list_then_watch(client, WatchTarget("secrets", namespace, name=name), stop)
 
     return factory
+
+
+def _until_error(events: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    for event in events:
+        if event.get("type") == "ERROR":
+            return  # e.g. 410 Gone: start a fresh watch, which lists first
+        yield event
+
+
+def _name_of(obj: Any) -> str | None:
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else getattr(obj, "metadata", None)
+    name = metadata.get("name") if isinstance(metadata, Mapping) else getattr(metadata, "name", None)
+    return name if isinstance(name, str) else None
 
 
 def _secret_data(obj: Any) -> Mapping[str, str] | None:
@@ -82,14 +78,17 @@ class SecretTrustSource:
         self.key = key
         self.names = dict(names or {})
         self._factory = stream_factory or kubernetes_stream()
-        self._backoff = backoff
         self._lock = threading.Lock()
         self._current = TrustStore()
         self._pending_change = False
         self._pending_error: TrustStoreError | None = None
         self._synced = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = WatchLoop(
+            f"Secret {namespace}/{name}",
+            lambda stop: _until_error(self._factory(self.namespace, self.name, stop)),
+            self.handle_event,
+            backoff=backoff,
+        )
         self.last_error: TrustStoreError | None = None
 
     @property
@@ -105,16 +104,10 @@ class SecretTrustSource:
         return self._synced.wait(timeout)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"trust-secret-{self.namespace}/{self.name}", daemon=True
-            )
-            self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
 
     def refresh(self) -> bool:
         """True once after each new snapshot; raises a pending :class:`TrustStoreError` once."""
@@ -131,6 +124,13 @@ class SecretTrustSource:
         """Apply one watch event (public for tests and for callers driving their own watch)."""
         kind = event.get("type")
         where = f"Secret {self.namespace}/{self.name}"
+        if kind == "RESET":  # a fresh list: the Secret, or nothing
+            named = [o for o in event.get("objects") or () if _name_of(o) == self.name]
+            if not named:
+                self._set_error(TrustStoreError(f"{where} does not exist; keeping the last trust store"))
+                return
+            event = {"type": "ADDED", "object": named[0]}
+            kind = "ADDED"
         if kind == "DELETED":
             self._set_error(TrustStoreError(f"{where} was deleted; keeping the last trust store"))
             return
@@ -161,20 +161,3 @@ class SecretTrustSource:
         with self._lock:
             self._pending_error = error
             self.last_error = error
-
-    def _run(self) -> None:
-        delay = self._backoff[0]
-        while not self._stop.is_set():
-            try:
-                for event in self._factory(self.namespace, self.name, self._stop):
-                    if event.get("type") == "ERROR":
-                        break  # e.g. 410 Gone: start a fresh watch, which lists first
-                    self.handle_event(event)
-                    delay = self._backoff[0]
-                    if self._stop.is_set():
-                        return
-            except Exception as exc:  # any client/network failure: reconnect with backoff
-                log.warning("watching Secret %s/%s failed: %s", self.namespace, self.name, exc)
-            if self._stop.wait(delay):
-                return
-            delay = min(delay * 2, self._backoff[1])

@@ -1,0 +1,80 @@
+"""Every option of ``apiproxy exporter`` in one typed table; flags and ``--config`` keys come from here.
+
+Built by the same machinery as ``serve``'s (:mod:`apiproxy.settings`), so a flag ``--root-ca-file`` is the
+config key ``root-ca-file`` and durations read ``30s``. Kubernetes names default to Deckhouse's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apiproxy.metadata import DEFAULT_CLUSTER_DOMAIN
+from apiproxy.settings import _duration_arg
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class ExporterSettings:
+    # Identity of this cluster
+    cluster_uuid: str = _opt(
+        os.environ.get("CLUSTER_UUID", ""),
+        "this cluster's UUID: published in public.json and the audience private tokens must name "
+        "(env CLUSTER_UUID); required",
+    )
+    api_host: str = _opt(
+        "", "public HOST[:PORT] of this cluster's API proxy, for multicluster.json; required"
+    )
+    cluster_domain: str = _opt(DEFAULT_CLUSTER_DOMAIN, "cluster DNS domain (public service hostnames)")
+    cluster_id: str = _opt("", "clusterID in multicluster.json (default: the cluster UUID)")
+    network_name: str = _opt(
+        "", "Istio network name (default: network-<cluster domain, dashed>-<adler32 of the UUID>)"
+    )
+    # Kubernetes sources
+    namespace: str = _opt("d8-istio", "namespace of the keypair, root CA, trust store and ingress gateway")
+    kubeconfig: Path | None = _opt(None, "kubeconfig to reach the apiserver (default: in-cluster config)")
+    authn_keypair_secret: str = _opt("d8-remote-authn-keypair", "Secret holding pub.pem")
+    root_ca_configmap: str = _opt("istio-ca-root-cert", "ConfigMap holding root-cert.pem")
+    trust_secret: str = _opt(
+        "d8-remote-clusters-public-metadata", "Secret holding the peers' remote-public-metadata.json"
+    )
+    advertise_configmap: str = _opt(
+        "metadata-exporter-ingressgateway-advertise",
+        "ConfigMap whose ingressgateways-array.json overrides the discovered gateways",
+    )
+    ingress_gateway_selector: str = _opt(
+        "app=ingressgateway", "label selector of the ingress gateway Service and its pods"
+    )
+    public_service_label: str = _opt(
+        "federation.istio.deckhouse.io/public-service",
+        "label that marks a Service (any namespace) as offered to federated peers",
+    )
+    gateway_port_name: str = _opt("tls", "name of the gateway Service port peers connect to")
+    # File sources (each replaces its Kubernetes source; re-read when it changes)
+    authn_public_key_file: Path | None = _opt(None, "this cluster's token-signing public key (PEM)")
+    root_ca_file: Path | None = _opt(None, "this cluster's root CA (PEM)")
+    trust_file: Path | None = _opt(None, "the peers' remote-public-metadata.json")
+    ingress_gateways_file: Path | None = _opt(None, 'ingress gateways, [{"address", "port"}] JSON')
+    # Tokens of private documents
+    jwt_issuer: str = _opt("d8-istio", "required token issuer (iss)")
+    jwt_leeway: float = _opt(60.0, "clock skew tolerated on nbf/iat", type=_duration_arg)
+    # Listeners
+    listen: str = _opt("0.0.0.0:8080", "address of the metadata endpoint (HOST:PORT)")
+    metrics_listen: str = _opt("0.0.0.0:9091", "address of /metrics (plain HTTP; empty disables)")
+    tls_cert_file: Path | None = _opt(None, "serve TLS with this certificate (PEM); default plain HTTP")
+    tls_private_key_file: Path | None = _opt(None, "private key of --tls-cert-file (PEM)")
+    # Operations
+    reload_interval: float = _opt(1.0, "how often file sources are checked for changes", type=_duration_arg)
+    audit_log: str = _opt("-", "where audit records of private reads go: -, a file, or empty to disable")
+    log_level: str = _opt(
+        "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")
+    )
+    log_format: str = _opt("text", "text or json", choices=("text", "json"))
+
+    def effective_cluster_id(self) -> str:
+        return self.cluster_id or self.cluster_uuid
