@@ -76,6 +76,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     """The ``apiproxy`` parser and the subparsers whose ``--config`` is re-parsed, by command."""
     from apiproxy.auth.cli import add_commands as add_auth_commands
     from apiproxy.exporter.settings import ExporterSettings
+    from apiproxy.multicluster.settings import MulticlusterSettings
     from apiproxy.policy_cli import add_commands as add_policy_commands
 
     parser = argparse.ArgumentParser(
@@ -101,6 +102,17 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     )
     add_arguments(exporter, ExporterSettings)
 
+    multicluster = sub.add_parser(
+        "multicluster",
+        help="run the IstioMulticluster controller (or print its mesh settings)",
+        description="Fetch each peer's metadata, pin its identity, and write the trust store, istiod remote "
+        "secrets and mesh settings. 'multicluster mesh-config' prints the mesh settings and exits.",
+    )
+    multicluster.add_argument(
+        "action", nargs="?", choices=("run", "mesh-config"), default="run", help="default: run"
+    )
+    add_arguments(multicluster, MulticlusterSettings)
+
     demo = sub.add_parser(
         "demo", help="run a simulated apiserver and the proxy on loopback, and walk through it"
     )
@@ -112,7 +124,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
 
     add_policy_commands(sub)
     add_auth_commands(sub)
-    return parser, {"serve": serve, "exporter": exporter}
+    return parser, {"serve": serve, "exporter": exporter, "multicluster": multicluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,6 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         rest = argv[argv.index("exporter") + 1 :]
         return _exporter(parse_settings(subparsers["exporter"], rest, ExporterSettings))
+    if args.command == "multicluster":
+        from apiproxy.multicluster.main import mesh_config, run
+        from apiproxy.multicluster.settings import MulticlusterSettings
+
+        rest = argv[argv.index("multicluster") + 1 :]
+        settings = parse_settings(subparsers["multicluster"], rest, MulticlusterSettings)
+        return mesh_config(settings) if args.action == "mesh-config" else run(settings)
     return int(args.func(args))
 
 
