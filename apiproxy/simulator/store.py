@@ -290,6 +290,8 @@ class Store:
     def collection(self, resource: ResourceType | str) -> Collection:
         r = res.resolve(resource)
         coll = self.collections.get(r)
+        if coll is None and r.custom:
+            coll = self.collections[r] = Collection(r, self.history_limit)
         if coll is None:
             raise StatusError(405, f"{r.qualified} cannot be stored", reason="MethodNotAllowed")
         return coll
@@ -405,16 +407,32 @@ class Store:
             )
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", now_rfc3339())
+        meta.pop("deletionTimestamp", None)
+        if r.custom:
+            meta["generation"] = 1
+        if r.has_status_subresource:
+            new.pop("status", None)  # kube ignores status on create when /status exists
         meta["resourceVersion"] = str(self._next_rv())
         so = StoredObject(r, new)
         self._commit(coll, ADDED, so, None)
         return so
 
-    def update(self, obj: Mapping[str, Any], *, resource: ResourceType | str | None = None) -> dict[str, Any]:
+    def update(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        resource: ResourceType | str | None = None,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
         """Replace an existing object; emits MODIFIED.
 
         If ``metadata.resourceVersion`` is set it must be current (else 409 Conflict, as kube's optimistic
         concurrency); unset means unconditional. uid and creationTimestamp are kept from the stored object.
+
+        Custom resources with a ``status`` subresource: ``subresource="status"`` changes only ``status``,
+        the main resource everything but it; ``metadata.generation`` grows when anything outside
+        ``metadata`` and ``status`` changes. Once deleted with finalizers (``deletionTimestamp`` set), the
+        update that leaves no finalizer deletes the object.
         """
         r = self._resource_for(obj, resource)
         coll = self.collection(r)
@@ -431,21 +449,53 @@ class Store:
                 reason="Conflict",
                 details=r.not_found_details(name),
             )
-        old_meta = json.loads(prev.body)["metadata"]
-        for keep in ("uid", "creationTimestamp"):
+        old = json.loads(prev.body)
+        old_meta = old["metadata"]
+        if r.has_status_subresource:
+            if subresource == "status":
+                status = new.get("status")
+                new = old
+                new["metadata"]["resourceVersion"] = meta.get("resourceVersion")
+                meta = new["metadata"]
+                if status is None:
+                    new.pop("status", None)
+                else:
+                    new["status"] = status
+            elif "status" in old:
+                new["status"] = old["status"]
+            else:
+                new.pop("status", None)
+        for keep in ("uid", "creationTimestamp", "deletionTimestamp"):
             if keep in old_meta:
                 meta[keep] = old_meta[keep]
+            else:
+                meta.pop(keep, None)
+        if r.custom:
+            ignored = ("metadata", "status")
+            changed = {k: v for k, v in new.items() if k not in ignored} != {
+                k: v for k, v in old.items() if k not in ignored
+            }
+            meta["generation"] = int(old_meta.get("generation", 1)) + (1 if changed else 0)
         if r.namespaced:
             meta["namespace"] = prev.namespace
         meta["resourceVersion"] = str(self._next_rv())
         so = StoredObject(r, new)
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self._commit(coll, DELETED, so, prev)
+            return so.to_dict()
         self._commit(coll, MODIFIED, so, prev)
         return so.to_dict()
 
     def patch(
-        self, resource: ResourceType | str, namespace: str | None, name: str, patch: Mapping[str, Any]
+        self,
+        resource: ResourceType | str,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
     ) -> dict[str, Any]:
-        """Apply a JSON merge patch (RFC 7386); emits MODIFIED."""
+        """Apply a JSON merge patch (RFC 7386); emits MODIFIED (see :meth:`update` for ``subresource``)."""
         current = self.get_stored(resource, namespace, name).to_dict()
         merged = merge_patch(current, patch)
         if not isinstance(merged, dict):
@@ -456,7 +506,7 @@ class Store:
             meta["namespace"] = namespace
         if "resourceVersion" not in (patch.get("metadata") or {}):
             meta.pop("resourceVersion", None)
-        return self.update(merged, resource=resource)
+        return self.update(merged, resource=resource, subresource=subresource)
 
     def delete(self, resource: ResourceType | str, namespace: str | None, name: str) -> dict[str, Any]:
         """Delete an object; emits DELETED carrying the deletion's resourceVersion. Deleting a namespace
@@ -464,6 +514,18 @@ class Store:
         coll = self.collection(resource)
         r = coll.resource
         prev = self.get_stored(r, namespace, name)
+        prev_meta = json.loads(prev.body)["metadata"]
+        if prev_meta.get("finalizers"):
+            # Finalizers pending: mark for deletion; the update removing the last one deletes (kube's way).
+            if prev_meta.get("deletionTimestamp"):
+                return prev.to_dict()
+            marked = json.loads(prev.body)
+            marked["metadata"]["deletionTimestamp"] = now_rfc3339()
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            marked["metadata"]["resourceVersion"] = str(self._next_rv())
+            so = StoredObject(r, marked)
+            self._commit(coll, MODIFIED, so, prev)
+            return so.to_dict()
         if r is res.NAMESPACES:
             for other in self.collections.values():
                 if other.resource.namespaced:
