@@ -653,17 +653,30 @@ class Simulator:
 
     async def _patch(self, request: web.BaseRequest, target: Target, headers: dict[str, str]) -> web.Response:
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+        if ctype not in (
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+            "application/json-patch+json",
+        ):
             raise StatusError(
                 415,
                 "the body of the request was in an unknown format - accepted media types include: "
-                "application/merge-patch+json, application/strategic-merge-patch+json",
+                "application/json-patch+json, application/merge-patch+json, "
+                "application/strategic-merge-patch+json",
                 reason="UnsupportedMediaType",
             )
         try:
             patch = json.loads(await request.read())
         except ValueError as err:
             raise StatusError(400, f"error decoding patch: {err}") from None
+        if ctype == "application/json-patch+json":
+            assert target.name is not None
+            if not isinstance(patch, list):
+                raise StatusError(400, "error decoding patch: a JSON patch is an array")
+            patched = self.store.json_patch(
+                target.resource, target.namespace, target.name, patch, subresource=target.subresource
+            )
+            return web.Response(body=dumps(patched), content_type=JSON_CT, headers=headers)
         if not isinstance(patch, dict):
             raise StatusError(400, "error decoding patch: not an object")
         assert target.name is not None

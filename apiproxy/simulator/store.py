@@ -508,6 +508,34 @@ class Store:
             meta.pop("resourceVersion", None)
         return self.update(merged, resource=resource, subresource=subresource)
 
+    def json_patch(
+        self,
+        resource: ResourceType | str,
+        namespace: str | None,
+        name: str,
+        ops: builtins.list[Any],
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """Apply a JSON patch (RFC 6902); a failed ``test`` op (kopf's optimistic lock) is 422, as kube's."""
+        current = self.get_stored(resource, namespace, name).to_dict()
+        try:
+            patched = apply_json_patch(current, ops)
+        except JSONPatchError as err:
+            raise StatusError(
+                422,
+                f"the server rejected our request due to an error in our request: {err}",
+                reason="Invalid",
+            ) from None
+        if not isinstance(patched, dict):
+            raise StatusError(422, "patch must produce an object", reason="Invalid")
+        meta = patched.setdefault("metadata", {})
+        meta["name"] = name
+        if namespace:
+            meta["namespace"] = namespace
+        meta.pop("resourceVersion", None)
+        return self.update(patched, resource=resource, subresource=subresource)
+
     def delete(self, resource: ResourceType | str, namespace: str | None, name: str) -> dict[str, Any]:
         """Delete an object; emits DELETED carrying the deletion's resourceVersion. Deleting a namespace
         deletes everything in it first (kube's namespace controller, minus the Terminating phase)."""
@@ -608,3 +636,95 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+class JSONPatchError(ValueError):
+    """A JSON patch that cannot be applied (bad op, missing path, failed test)."""
+
+
+def _pointer(path: str) -> builtins.list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise JSONPatchError(f"path {path!r} does not start with /")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _parent(doc: Any, parts: builtins.list[str]) -> Any:
+    for part in parts[:-1]:
+        if isinstance(doc, dict) and part in doc:
+            doc = doc[part]
+        elif isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        else:
+            raise JSONPatchError(f"path element {part!r} not found")
+    return doc
+
+
+def _get_at(doc: Any, parts: builtins.list[str]) -> Any:
+    if not parts:
+        return doc
+    parent, last = _parent(doc, parts), parts[-1]
+    if isinstance(parent, dict) and last in parent:
+        return parent[last]
+    if isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
+        return parent[int(last)]
+    raise JSONPatchError(f"path {'/'.join(parts)!r} not found")
+
+
+def _add(doc: Any, parts: builtins.list[str], value: Any) -> Any:
+    if not parts:
+        return value
+    parent, last = _parent(doc, parts), parts[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list):
+        index = len(parent) if last == "-" else int(last) if last.isdigit() else -1
+        if not 0 <= index <= len(parent):
+            raise JSONPatchError(f"bad array index {last!r}")
+        parent.insert(index, value)
+    else:
+        raise JSONPatchError("cannot add into a scalar")
+    return doc
+
+
+def _remove(doc: Any, parts: builtins.list[str]) -> Any:
+    _get_at(doc, parts)
+    parent, last = _parent(doc, parts), parts[-1]
+    if isinstance(parent, dict):
+        del parent[last]
+    else:
+        del parent[int(last)]
+    return doc
+
+
+def apply_json_patch(target: Any, ops: builtins.list[Any]) -> Any:
+    """RFC 6902 on a copy: add, remove, replace, move, copy, test."""
+    doc = copy.deepcopy(target)
+    if not isinstance(ops, list):
+        raise JSONPatchError("a JSON patch is an array of operations")
+    for op in ops:
+        if not isinstance(op, Mapping) or not isinstance(op.get("path"), str):
+            raise JSONPatchError("each operation needs op and path")
+        kind, parts = op.get("op"), _pointer(op["path"])
+        if kind == "test":
+            if _get_at(doc, parts) != op.get("value"):
+                raise JSONPatchError(f"test failed at {op['path']}")
+        elif kind == "add":
+            doc = _add(doc, parts, copy.deepcopy(op.get("value")))
+        elif kind == "remove":
+            doc = _remove(doc, parts)
+        elif kind == "replace":
+            _get_at(doc, parts)
+            doc = (
+                _add(_remove(doc, parts), parts, copy.deepcopy(op.get("value"))) if parts else op.get("value")
+            )
+        elif kind in ("move", "copy"):
+            source = _pointer(str(op.get("from", "")))
+            value = copy.deepcopy(_get_at(doc, source))
+            if kind == "move":
+                doc = _remove(doc, source)
+            doc = _add(doc, parts, value)
+        else:
+            raise JSONPatchError(f"unknown op {kind!r}")
+    return doc
