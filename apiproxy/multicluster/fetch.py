@@ -7,6 +7,7 @@ contains a token or a byte of the response body (a hostile peer could otherwise 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,22 +36,26 @@ class TLSOptions:
     insecure_skip_verify: bool = False
 
     def context(self) -> ssl.SSLContext:
-        """System roots, or only ``ca_pem``; verification off only when explicitly asked."""
-        if self.insecure_skip_verify:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        try:
-            return (
-                ssl.create_default_context(cadata=self.ca_pem)
-                if self.ca_pem
-                else ssl.create_default_context()
-            )
-        except ssl.SSLError as exc:
-            raise FetchError(
-                Reason.FETCH_FAILED, f"spec.metadata.ca is not a usable CA: {exc.reason}"
-            ) from None
+        """System roots, or only ``ca_pem``; verification off only when explicitly asked.
+
+        Cached per option set: aiohttp pools connections per SSL context, so a new context per request
+        would open a new TLS connection every time."""
+        return _context(self)
+
+
+@functools.lru_cache(maxsize=256)
+def _context(options: TLSOptions) -> ssl.SSLContext:
+    if options.insecure_skip_verify:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    try:
+        if options.ca_pem:
+            return ssl.create_default_context(cadata=options.ca_pem)
+        return ssl.create_default_context()
+    except ssl.SSLError as exc:
+        raise FetchError(Reason.FETCH_FAILED, f"spec.metadata.ca is not a usable CA: {exc.reason}") from None
 
 
 class Fetcher(Protocol):

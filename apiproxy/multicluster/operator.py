@@ -60,7 +60,7 @@ def build_registry(controller: Controller, *, kubeconfig_login: Any = None) -> k
         settings.persistence.finalizer = "apiproxy.io/multicluster-cleanup"
         settings.posting.level = logging.WARNING  # kopf's own events: only problems; ours are explicit
         settings.watching.server_timeout = 300
-        settings.batching.error_delays = (1, 2, 5, 10, 30)
+        settings.queueing.error_delays = (1, 2, 5, 10, 30)
         await controller.startup()
 
     if kubeconfig_login is not None:
@@ -70,7 +70,7 @@ def build_registry(controller: Controller, *, kubeconfig_login: Any = None) -> k
             info: kopf.ConnectionInfo = kubeconfig_login()
             return info
 
-    @kopf.index(*RESOURCE, registry=registry)
+    @kopf.index(*RESOURCE, id="peers", registry=registry)
     def peers(body: kopf.Body, name: str, **_: Any) -> dict[str, Snapshot]:
         return {name: Snapshot.of(body)}
 
@@ -82,27 +82,32 @@ def build_registry(controller: Controller, *, kubeconfig_login: Any = None) -> k
             raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}"[:300], delay=max(1.0, delay)) from None
         patch.status.update(status)
 
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.resume(*RESOURCE, registry=registry)
+    @kopf.on.create(*RESOURCE, backoff=settings.retry_base, registry=registry)
+    @kopf.on.resume(*RESOURCE, backoff=settings.retry_base, registry=registry)
     async def established(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         await reconcile(body, patch, kwargs["peers"])
 
-    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
+    @kopf.on.update(*RESOURCE, field="spec", backoff=settings.retry_base, registry=registry)
     async def spec_changed(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         await reconcile(body, patch, kwargs["peers"])
 
     @kopf.on.update(
-        *RESOURCE, field=f"metadata.annotations.{model.ACCEPT_IDENTITY_ANNOTATION}", registry=registry
+        *RESOURCE,
+        field=f"metadata.annotations.{model.ACCEPT_IDENTITY_ANNOTATION}",
+        backoff=settings.retry_base,
+        registry=registry,
     )
     async def identity_accepted(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         await reconcile(body, patch, kwargs["peers"])
 
-    @kopf.timer(*RESOURCE, interval=tick_interval(settings.resync), registry=registry)
+    @kopf.timer(
+        *RESOURCE, interval=tick_interval(settings.resync), backoff=settings.retry_base, registry=registry
+    )
     async def resync(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         if controller.schedule.is_due(body.metadata.name):
             await reconcile(body, patch, kwargs["peers"])
 
-    @kopf.on.delete(*RESOURCE, registry=registry)
+    @kopf.on.delete(*RESOURCE, backoff=settings.retry_base, registry=registry)
     async def removed(name: str, **kwargs: Any) -> None:
         await controller.delete(name, _others(kwargs["peers"]))
 
