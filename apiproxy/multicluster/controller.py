@@ -141,6 +141,8 @@ class Controller:
         self.key: PrivateKey | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._shared_lock = asyncio.Lock()
+        #: name → (creationTimestamp, pinned UUID) as of this process's last reconcile of it.
+        self._pins: dict[str, tuple[str, str | None]] = {}
 
     async def startup(self) -> None:
         self.key = await ensure_keypair(self.objects, self.settings.namespace)
@@ -187,13 +189,18 @@ class Controller:
         me = Snapshot.of(body)
 
         def claimed_by_other(uuid: str) -> str | None:
-            owners = [s for s in ours.values() if s.pinned_uuid() == uuid]
+            # The index may lag our own latest status patches by kopf's batching window, so the pins
+            # this process made itself count too.
+            owners = {s.name: s.created for s in ours.values() if s.pinned_uuid() == uuid}
+            for other, (created, pinned) in self._pins.items():
+                if other != name and other in ours and pinned == uuid:
+                    owners[other] = created
             if me.pinned_uuid() == uuid:
-                owners.append(me)
+                owners[name] = me.created
             if not owners:
                 return None
-            first = min(owners, key=lambda s: (s.created, s.name))
-            return None if first.name == name else first.name
+            first = min(owners.items(), key=lambda item: (item[1], item[0]))[0]
+            return None if first == name else first
 
         ctx = Context(self.settings.cluster_uuid, self.key, self.settings.api_token_ttl, self.clock)
         result = await reconcile_peer(
@@ -219,6 +226,10 @@ class Controller:
             if await apply(self.objects, "Secret", secret):
                 self.metrics.writes.labels("remote-secret").inc()
                 log.info("wrote remote secret %s/%s for peer %s", ns, secret_name, name)
+        if result.duplicate and existing is not None:
+            await self.objects.delete("Secret", ns, secret_name)
+            log.warning("peer %s duplicates another resource's peer: its remote secret is removed", name)
+        self._pins[name] = (me.created, result.status.get("pinnedIdentity", {}).get("clusterUUID"))
         peers = {k: s.peer() for k, s in ours.items()}
         peers[name] = result.peer
         await self.write_shared(peers)
@@ -287,5 +298,6 @@ class Controller:
             await self.write_shared(peers)
             await self.objects.delete("Secret", self.settings.namespace, model.remote_secret_name(name))
             self.schedule.forget(name)
+            self._pins.pop(name, None)
             self.metrics.forget(name)
             log.info("peer %s removed: trust entry, remote secret and mesh entry deleted", name)

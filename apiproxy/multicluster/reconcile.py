@@ -71,6 +71,8 @@ class Result:
     ok: bool
     identity_changed: bool = False
     insecure: bool = False
+    #: The peer belongs to another resource: delete this resource's remote secret.
+    duplicate: bool = False
     steps: StepResult = field(default_factory=StepResult)
 
 
@@ -100,6 +102,7 @@ async def reconcile(
     steps = StepResult(public_url=spec.document_url(PATH_PUBLIC.removeprefix("/metadata")))
     results: list[Condition] = []
     identity_changed = False
+    duplicate = False
 
     # 1. public metadata, pinned
     public: PublicMetadata | None = None
@@ -117,6 +120,10 @@ async def reconcile(
             claimed_by_other=claimed_by_other(observed.cluster_uuid.lower()),
         )
         identity_changed = decision.identity_changed
+        if decision.reason == Reason.DUPLICATE_PEER:
+            # Another resource owns this peer: this one must not contribute a trust entry, a mesh
+            # network or a remote secret (two registries for one cluster would fight in istiod).
+            pinned, pinned_public, duplicate = None, None, True
         if decision.accepted:
             public = PublicMetadata(observed.cluster_uuid.lower(), observed.authn_key_pub, observed.root_ca)
             pinned = decision.pin
@@ -209,7 +216,12 @@ async def reconcile(
     effective_public = public if public is not None else pinned_public
     if public is None and pinned_public is not None:
         cache["public"] = pinned_public.to_json()
+    if duplicate:
+        cache.pop("public", None)
+        cache.pop("private", None)
     effective_private = private if private is not None else outputs.private_from_status(status)
+    if duplicate:
+        effective_private = None
 
     new_status: dict[str, Any] = {
         "metadataCache": cache,
@@ -247,6 +259,7 @@ async def reconcile(
         token_expires=token_expires,
         ok=ok,
         identity_changed=identity_changed,
+        duplicate=duplicate,
         insecure=spec.insecure_skip_verify,
         steps=steps,
     )

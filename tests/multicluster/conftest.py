@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from apiproxy.auth.keys import public_key_pem
@@ -186,9 +187,9 @@ async def peer(tmp_path: Path, ours: Ours) -> AsyncIterator[Peer]:
     try:
         yield Peer(sandbox, sandbox.local_uuid, url, ca_pem, proc, files)
     finally:
-        proc.terminate()
         with contextlib.suppress(ProcessLookupError):
-            await asyncio.wait_for(proc.wait(), 10)
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
         await sandbox.stop()
 
 
@@ -272,3 +273,46 @@ async def start_controller(ours: Ours) -> AsyncIterator[StartController]:
         run.stop.set()
     for run in running:
         await asyncio.to_thread(run.thread.join, 20)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclasses.dataclass
+class ScriptedServer:
+    """A TLS server whose answers a test chooses per path (a broken or hostile metadata endpoint)."""
+
+    url: str
+    ca_pem: str
+    routes: dict[str, Handler]
+
+    @property
+    def endpoint(self) -> str:
+        return self.url + "/metadata/"
+
+
+@pytest.fixture
+async def scripted(tmp_path: Path) -> AsyncIterator[ScriptedServer]:
+    ca = make_ca("scripted peer CA")
+    serving = write_serving_bundle(tmp_path / "scripted", "scripted", ca=ca, names=["127.0.0.1"])
+    routes: dict[str, Handler] = {}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        handler = routes.get(request.path)
+        if handler is None:
+            return web.Response(status=404)
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(serving.cert_file, serving.key_file)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield ScriptedServer(f"https://127.0.0.1:{port}", ca.cert_pem.decode(), routes)
+    finally:
+        await runner.cleanup()
