@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import ssl
 import time
+from pathlib import Path
 
-from tests.helpers import eventually
-from tests.multicluster.conftest import Ours, Peer, StartController
+import aiohttp
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from apiproxy.auth.keys import public_key_pem
+from apiproxy.multicluster import identity, tokens
+from tests.helpers import eventually, kubectl
+from tests.multicluster.conftest import NAMESPACE, OUR_UUID, Ours, Peer, Running, StartController
+
+DAY = 86400.0
 
 
 async def test_establishment_from_a_real_peer_exporter(
@@ -32,3 +43,183 @@ async def test_establishment_from_a_real_peer_exporter(
     assert remote is not None and remote["metadata"]["labels"]["istio/multiCluster"] == "true"
     print(f"established in {elapsed:.3f}s; status: {json.dumps(status, indent=1)[:3000]}")
     del run
+
+
+def trust_doc(ours: Ours) -> dict[str, object]:
+    trust = ours.secret("d8-remote-clusters-public-metadata")
+    assert trust is not None
+    doc: dict[str, object] = json.loads(base64.b64decode(trust["data"]["remote-public-metadata.json"]))
+    return doc
+
+
+async def established(ours: Ours, name: str = "east") -> None:
+    await eventually(lambda: (ours.condition(name) or {}).get("status") == "True", timeout=30)
+
+
+async def test_kubectl_shows_the_resource_and_the_remote_secret_reaches_the_peer_proxy(
+    ours: Ours, peer: Peer, start_controller: StartController, tmp_path: Path
+) -> None:
+    await start_controller()
+    ours.create("east", {"metadataEndpoint": peer.endpoint, "metadata": {"ca": peer.ca_pem}})
+    await established(ours)
+    table = await kubectl(ours.kubeconfig, "get", "istiomulticlusters")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["NAME", "READY", "REASON"]
+    assert row.split()[:4] == ["east", "True", "Established", peer.uuid]
+    as_yaml = await kubectl(ours.kubeconfig, "get", "istiomulticluster", "east", "-o", "yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    assert yaml.safe_load(as_yaml.stdout)["status"]["remoteClusterUUID"] == peer.uuid
+    (tmp_path / "kubectl-get.txt").write_text(table.stdout + "\n" + as_yaml.stdout)
+    print(table.stdout, as_yaml.stdout, sep="\n")
+
+    # istiod's remote secret, as kubectl would use it: through the peer's real proxy
+    remote = ours.secret("istio-remote-secret-east")
+    assert remote is not None
+    assert remote["metadata"]["annotations"]["networking.istio.io/cluster"] == peer.uuid
+    kubeconfig = tmp_path / "remote-kubeconfig"
+    kubeconfig.write_bytes(base64.b64decode(remote["data"][peer.uuid]))
+    pods = await kubectl(kubeconfig, "get", "pods", "-A", "-o", "name")
+    assert pods.returncode == 0, pods.stderr
+    assert pods.stdout.strip(), "the peer's pods are listed through its proxy"
+
+
+async def test_deletion_removes_trust_entry_remote_secret_and_mesh_network(
+    ours: Ours, peer: Peer, start_controller: StartController
+) -> None:
+    await start_controller()
+    ours.create("east", {"metadataEndpoint": peer.endpoint, "metadata": {"ca": peer.ca_pem}})
+    await established(ours)
+    assert list(trust_doc(ours)) == [peer.uuid]
+    mesh = ours.store.get("configmaps", NAMESPACE, "apiproxy-multicluster-mesh")
+    assert mesh is not None and "fromRegistry" in mesh["data"]["mesh.yaml"]
+    assert ours.resource("east")["metadata"]["finalizers"]  # type: ignore[index]
+    ours.store.delete("istiomulticlusters", None, "east")
+    await eventually(lambda: ours.resource("east") is None, timeout=30)
+    assert trust_doc(ours) == {}
+    assert ours.secret("istio-remote-secret-east") is None
+    mesh = ours.store.get("configmaps", NAMESPACE, "apiproxy-multicluster-mesh")
+    assert mesh is not None and yaml.safe_load(mesh["data"]["mesh.yaml"]) == {
+        "meshConfig": {"caCertificates": []},
+        "meshNetworks": {},
+    }
+
+
+async def test_identity_change_is_pinned_until_accepted(
+    ours: Ours, peer: Peer, start_controller: StartController
+) -> None:
+    run = await start_controller()
+    ours.create("east", {"metadataEndpoint": peer.endpoint, "metadata": {"ca": peer.ca_pem}})
+    await established(ours)
+    pinned = dict(trust_doc(ours))
+    new_key = ed25519.Ed25519PrivateKey.generate()
+    replacement = peer.files["pub"].with_suffix(".new")
+    replacement.write_bytes(public_key_pem(new_key.public_key(), deckhouse=True))
+    replacement.replace(peer.files["pub"])  # a new inode, as kubelet swaps a mounted Secret
+    fingerprint = identity.fingerprint(public_key_pem(new_key.public_key()).decode())
+
+    async def exporter_serves_new_key() -> bool:
+        trust = ssl.create_default_context(cadata=peer.ca_pem)
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as session,
+            session.get(peer.endpoint + "public/public.json") as resp,
+        ):
+            served = await resp.json(content_type=None)
+        return bool(identity.fingerprint(served["authnKeyPub"]) == fingerprint)
+
+    await eventually(exporter_serves_new_key, timeout=30)
+    changed = await eventually(
+        lambda: (
+            (ours.condition("east", "PublicMetadataExchangeReady") or {}).get("reason")
+            == "RemoteIdentityChanged"
+            and ours.condition("east", "PublicMetadataExchangeReady")
+        ),
+        timeout=30,
+    )
+    assert fingerprint in changed["message"]
+    assert trust_doc(ours) == pinned, "the old key stays trusted; the new one is not applied"
+    assert run.metrics.identity_changed.labels("east")._value.get() == 1
+    obj = ours.resource("east")
+    assert obj is not None
+    ours.store.patch(
+        "istiomulticlusters",
+        None,
+        "east",
+        {"metadata": {"annotations": {"apiproxy.io/accept-identity": fingerprint}}},
+    )
+
+    def accepted() -> bool:
+        entry = trust_doc(ours).get(peer.uuid)
+        return isinstance(entry, dict) and identity.fingerprint(entry["authnKeyPub"]) == fingerprint
+
+    await eventually(accepted, timeout=30)
+    await established(ours)
+    assert run.metrics.identity_changed.labels("east")._value.get() == 0
+
+
+async def test_two_controllers_generate_one_keypair(ours: Ours, start_controller: StartController) -> None:
+    ours.store.delete("secrets", NAMESPACE, "d8-remote-authn-keypair")
+    first, second = await start_controller(), await start_controller()
+    await eventually(
+        lambda: first.controller and first.controller.key and second.controller and second.controller.key
+    )
+    assert first.controller is not None and second.controller is not None
+    secret = ours.secret("d8-remote-authn-keypair")
+    assert secret is not None
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    assert data["priv.pem"].startswith(b"-----BEGIN ED25519 PRIVATE KEY-----")
+    assert data["pub.pem"].startswith(b"-----BEGIN ED25519 PUBLIC KEY-----")
+    pub = public_key_pem(first.controller.key.public_key(), deckhouse=True)  # type: ignore[union-attr]
+    assert pub == data["pub.pem"]
+    assert public_key_pem(second.controller.key.public_key(), deckhouse=True) == pub  # type: ignore[union-attr]
+
+
+async def test_api_token_is_reminted_when_a_third_of_its_life_remains(
+    ours: Ours, peer: Peer, start_controller: StartController
+) -> None:
+    """Real clock, aged tokens: the peer's exporter and proxy check times too, so the clock cannot be
+    faked here (the injected-clock schedule is in test_core); instead the remote secret is given a token
+    minted earlier, once with more than a third of its life left (kept) and once with less (re-minted)."""
+    run = await start_controller(api_token_ttl=30 * DAY)
+    ours.create("east", {"metadataEndpoint": peer.endpoint, "metadata": {"ca": peer.ca_pem}})
+    await established(ours)
+
+    def current_token() -> str:
+        secret = ours.secret("istio-remote-secret-east")
+        assert secret is not None
+        config = yaml.safe_load(base64.b64decode(secret["data"][peer.uuid]))
+        return str(config["users"][0]["user"]["token"])
+
+    def age_token(days: float) -> str:
+        token = tokens.api_token(
+            ours.key, our_uuid=OUR_UUID, peer_uuid=peer.uuid, now=time.time() - days * DAY, ttl=30 * DAY
+        )
+        secret = ours.secret("istio-remote-secret-east")
+        assert secret is not None
+        config = yaml.safe_load(base64.b64decode(secret["data"][peer.uuid]))
+        config["users"][0]["user"]["token"] = token
+        secret["data"][peer.uuid] = base64.b64encode(yaml.safe_dump(config).encode()).decode()
+        ours.store.update(secret)
+        return token
+
+    async def restart_after(days: float) -> str:
+        """Stop the controller, age the token while it is down, start a new one and let it reconcile."""
+        nonlocal run
+        run.stop.set()
+        await asyncio.to_thread(run.thread.join, 20)
+        token = age_token(days)
+        run = await start_controller(api_token_ttl=30 * DAY)
+        await eventually(lambda: reconciles(run) >= 2, timeout=30)
+        return token
+
+    young = await restart_after(19)  # 11 days left of 30: kept
+    assert current_token() == young
+    old = await restart_after(21)  # 9 days left: re-minted
+    assert current_token() != old
+    info = tokens.inspect_own_token(current_token(), ours.key, our_uuid=OUR_UUID, peer_uuid=peer.uuid)
+    assert info is not None and info.expires > time.time() + 29 * DAY
+
+
+def reconciles(run: Running) -> float:
+    value = run.metrics.registry.get_sample_value("apiproxy_multicluster_reconcile_duration_seconds_count")
+    return value or 0.0
