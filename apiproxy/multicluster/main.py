@@ -85,6 +85,9 @@ async def run_controller(
             registry=registry,
             standalone=True,
             clusterwide=True,
+            liveness_endpoint=f"http://{settings.liveness_listen}/healthz"
+            if settings.liveness_listen
+            else None,
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )

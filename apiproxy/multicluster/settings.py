@@ -33,6 +33,9 @@ class MulticlusterSettings:
     retry_cap: float = _opt(300.0, "longest retry delay", type=_duration_arg)
     mesh_configmap: str = _opt("apiproxy-multicluster-mesh", "ConfigMap receiving the mesh settings")
     metrics_listen: str = _opt("0.0.0.0:9092", "address of /metrics (plain HTTP; empty disables)")
+    liveness_listen: str = _opt(
+        "", "address of kopf's /healthz liveness endpoint (plain HTTP; empty disables)"
+    )
     log_level: str = _opt(
         "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")
     )
