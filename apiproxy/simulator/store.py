@@ -454,7 +454,7 @@ class Store:
         if r.has_status_subresource:
             if subresource == "status":
                 status = new.get("status")
-                new = old
+                new = {"kind": r.kind, "apiVersion": r.api_version, **old}
                 new["metadata"]["resourceVersion"] = meta.get("resourceVersion")
                 meta = new["metadata"]
                 if status is None:
@@ -471,7 +471,7 @@ class Store:
             else:
                 meta.pop(keep, None)
         if r.custom:
-            ignored = ("metadata", "status")
+            ignored = ("kind", "apiVersion", "metadata", "status")
             changed = {k: v for k, v in new.items() if k not in ignored} != {
                 k: v for k, v in old.items() if k not in ignored
             }
