@@ -4,12 +4,15 @@ what kubectl sees (discovery, printer columns)."""
 from __future__ import annotations
 
 import secrets
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from apiproxy.certs import write_serving_bundle
+from apiproxy.kubeconfig import render_kubeconfig
 from apiproxy.simulator import Simulator
 from apiproxy.simulator.store import JSONPatchError, apply_json_patch
 from apiproxy.status import StatusError
@@ -102,20 +105,13 @@ async def test_kubectl_discovers_the_crd_and_prints_its_columns(tmp_path: Path) 
     token = secrets.token_urlsafe(8)
     sim = Simulator(tokens={token})
     sim.add_crd(CRD)
-    await sim.start()
+    tls = write_serving_bundle(tmp_path, "simulator")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    await sim.start(ssl_context=ctx)
     try:
         kubeconfig = tmp_path / "kubeconfig"
-        # plain HTTP simulator: a kubeconfig without TLS
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1", "kind": "Config", "current-context": "s",
-                    "clusters": [{"name": "s", "cluster": {"server": sim.url}}],
-                    "users": [{"name": "s", "user": {"token": token}}],
-                    "contexts": [{"name": "s", "context": {"cluster": "s", "user": "s"}}],
-                }
-            )
-        )  # fmt: skip
+        kubeconfig.write_text(render_kubeconfig(sim.url, tls.ca_file.read_bytes(), token=token, name="sim"))
         sim.store.create(
             {"apiVersion": "deckhouse.io/v1alpha1", "kind": "IstioMulticluster", "metadata": {"name": "east"},
              "spec": {"metadataEndpoint": "https://x/"}}
