@@ -60,6 +60,12 @@ def _exporter(settings: Any) -> int:
     return 0
 
 
+def _keys_rotate(args: argparse.Namespace) -> int:
+    from apiproxy.multicluster.main import keys_rotate
+
+    return keys_rotate(args.kubeconfig, args.namespace)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from apiproxy.demo import run_demo
 
@@ -112,6 +118,16 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
         "action", nargs="?", choices=("run", "mesh-config"), default="run", help="default: run"
     )
     add_arguments(multicluster, MulticlusterSettings)
+
+    keys = sub.add_parser("keys", help="this cluster's token-signing keypair")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    rotate = keys_sub.add_parser(
+        "rotate",
+        help="start a zero-downtime rotation of the keypair (the controller publishes, switches, promotes)",
+    )
+    rotate.add_argument("--kubeconfig", default=None, help="default: in-cluster config")
+    rotate.add_argument("--namespace", default="d8-istio", help="namespace of d8-remote-authn-keypair")
+    rotate.set_defaults(func=_keys_rotate)
 
     demo = sub.add_parser(
         "demo", help="run a simulated apiserver and the proxy on loopback, and walk through it"

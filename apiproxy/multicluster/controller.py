@@ -23,11 +23,11 @@ import yaml
 
 from apiproxy.auth.keys import PrivateKey
 from apiproxy.multicluster import conditions as cond
-from apiproxy.multicluster import model, outputs
+from apiproxy.multicluster import model, outputs, rotation, tokens
 from apiproxy.multicluster.backoff import resync_delay, retry_delay
 from apiproxy.multicluster.conditions import Condition, Reason
 from apiproxy.multicluster.fetch import Fetcher
-from apiproxy.multicluster.keypair import ensure_keypair
+from apiproxy.multicluster.keypair import ensure_keypair, write_keyring
 from apiproxy.multicluster.kube import Objects, apply, configmap_body, secret_body, secret_data
 from apiproxy.multicluster.metrics import ControllerMetrics
 from apiproxy.multicluster.reconcile import Context, Result, rfc3339
@@ -66,6 +66,7 @@ class Snapshot:
             outputs.public_from_status(self.status),
             outputs.private_from_status(self.status),
             self.enable_ingress_gateway,
+            outputs.next_key_from_status(self.status),
         )
 
     def pinned_uuid(self) -> str | None:
@@ -147,6 +148,29 @@ class Controller:
     async def startup(self) -> None:
         self.key = await ensure_keypair(self.objects, self.settings.namespace)
 
+    async def signing_key(self) -> PrivateKey:
+        """The key to sign with now: the keypair Secret is re-read, so ``keys rotate`` takes effect and a
+        finished rotation is completed here (the next key promoted, written once)."""
+        ns = self.settings.namespace
+        secret = await self.objects.get("Secret", ns, model.KEYPAIR_SECRET)
+        if secret is None:
+            self.key = await ensure_keypair(self.objects, ns)
+            return self.key
+        keyring = rotation.Keyring.from_secret(
+            secret_data(secret), (secret.get("metadata") or {}).get("annotations")
+        )
+        lifetime = max(self.settings.api_token_ttl, tokens.PRIVATE_TOKEN_TTL) + 300.0
+        phase = keyring.phase(
+            self.clock(), publish_period=self.settings.rotation_publish_period, token_lifetime=lifetime
+        )
+        if phase == rotation.DONE:
+            await write_keyring(self.objects, secret, keyring.promoted())
+            log.info("key rotation finished: the next key is now the current one")
+            keyring = keyring.promoted()
+            phase = rotation.STEADY
+        self.key = keyring.signing_key(phase)
+        return self.key
+
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
@@ -171,9 +195,7 @@ class Controller:
     async def _reconcile(
         self, name: str, body: Mapping[str, Any], others: Mapping[str, Snapshot]
     ) -> tuple[dict[str, Any], bool]:
-        if self.key is None:
-            await self.startup()
-        assert self.key is not None
+        key = await self.signing_key()
         meta = body.get("metadata") or {}
         previous = dict(body.get("status") or {})
         generation = meta.get("generation")
@@ -202,7 +224,7 @@ class Controller:
             first = min(owners.items(), key=lambda item: (item[1], item[0]))[0]
             return None if first == name else first
 
-        ctx = Context(self.settings.cluster_uuid, self.key, self.settings.api_token_ttl, self.clock)
+        ctx = Context(self.settings.cluster_uuid, key, self.settings.api_token_ttl, self.clock)
         result = await reconcile_peer(
             spec,
             previous,

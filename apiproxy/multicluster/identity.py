@@ -33,9 +33,15 @@ class Pin:
 
     cluster_uuid: str
     key_fingerprint: str
+    #: A next key the pinned key vouched for (a rotation under way at the peer): accepted when it
+    #: becomes the current one, without an administrator.
+    next_fingerprint: str | None = None
 
     def to_json(self) -> dict[str, str]:
-        return {"clusterUUID": self.cluster_uuid, "authnKeyFingerprint": self.key_fingerprint}
+        doc = {"clusterUUID": self.cluster_uuid, "authnKeyFingerprint": self.key_fingerprint}
+        if self.next_fingerprint:
+            doc["nextKeyFingerprint"] = self.next_fingerprint
+        return doc
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> Pin | None:
@@ -43,8 +49,9 @@ class Pin:
         if not isinstance(raw, Mapping):
             return None
         uuid, fp = raw.get("clusterUUID"), raw.get("authnKeyFingerprint")
+        nxt = raw.get("nextKeyFingerprint")
         if isinstance(uuid, str) and isinstance(fp, str) and uuid and fp:
-            return cls(uuid, fp)
+            return cls(uuid, fp, nxt if isinstance(nxt, str) and nxt else None)
         return None
 
 
@@ -67,15 +74,17 @@ def decide(
     expected_uuid: str | None,
     accept_fingerprint: str | None,
     claimed_by_other: str | None = None,
+    next_fingerprint: str | None = None,
 ) -> Decision:
     """Whether ``observed`` may become (or stay) the peer's trusted identity.
 
     ``claimed_by_other`` names another resource that already pinned the same UUID earlier: two
     resources for one peer would write one trust entry and two remote secrets that fight each other.
+    ``next_fingerprint`` is the next key the observed key vouches for (its proof already verified).
     """
     uuid = observed.cluster_uuid.lower()
     fp = fingerprint(observed.authn_key_pub)
-    new = Pin(uuid, fp)
+    new = Pin(uuid, fp, next_fingerprint)
     if uuid == our_uuid.lower():
         return Decision(False, pinned, Reason.OWN_UUID, f"peer claims this cluster's own UUID {uuid}")
     if claimed_by_other is not None:
@@ -92,8 +101,10 @@ def decide(
             Reason.UNEXPECTED_UUID,
             f"peer serves clusterUUID {uuid}, spec.expectedClusterUUID is {expected_uuid}",
         )
-    if pinned is None or pinned == new:
+    if pinned is None or (pinned.cluster_uuid, pinned.key_fingerprint) == (uuid, fp):
         return Decision(True, new, Reason.FETCHED, f"cluster {uuid}, key {fp[:19]}…")
+    if pinned.cluster_uuid == uuid and pinned.next_fingerprint == fp:
+        return Decision(True, new, Reason.FETCHED, f"cluster {uuid} rotated to key {fp[:19]}…, vouched for")
     if accept_fingerprint is not None and accept_fingerprint == fp:
         return Decision(True, new, Reason.FETCHED, f"new identity {uuid} {fp[:19]}… accepted by annotation")
     if expected_uuid is not None and uuid != pinned.cluster_uuid:

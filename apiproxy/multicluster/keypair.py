@@ -9,6 +9,8 @@ The private key is never logged.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -19,6 +21,9 @@ from apiproxy.multicluster import model
 from apiproxy.multicluster.kube import Conflict, Objects, secret_body, secret_data
 
 log = logging.getLogger("apiproxy.multicluster")
+
+#: When ``apiproxy keys rotate`` started a rotation (see :mod:`apiproxy.multicluster.rotation`).
+ROTATION_ANNOTATION: Final = "apiproxy.io/rotation-started"
 
 
 class KeypairError(Exception):
@@ -71,3 +76,24 @@ async def ensure_keypair(objects: Objects, namespace: str) -> PrivateKey:
         "generated this cluster's token-signing keypair in Secret %s/%s", namespace, model.KEYPAIR_SECRET
     )
     return key
+
+
+async def write_keyring(objects: Objects, current: Mapping[str, Any], keyring: Any) -> None:
+    """Replace the keypair Secret's data with ``keyring``'s (a rotation started or finished), in one write
+    conditioned on the ``resourceVersion`` read (a concurrent writer makes it a Conflict, retried later)."""
+    meta = dict(current.get("metadata") or {})
+    annotations = dict(meta.get("annotations") or {})
+    started = keyring.started_annotation()
+    if started:
+        annotations[ROTATION_ANNOTATION] = started
+    else:
+        annotations.pop(ROTATION_ANNOTATION, None)
+    body = secret_body(
+        model.KEYPAIR_SECRET,
+        str(meta.get("namespace")),
+        keyring.secret_data(),
+        labels=meta.get("labels") or None,
+        annotations=annotations or None,
+    )
+    body["metadata"]["resourceVersion"] = meta.get("resourceVersion")
+    await objects.replace("Secret", str(meta.get("namespace")), model.KEYPAIR_SECRET, body)

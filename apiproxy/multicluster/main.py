@@ -6,6 +6,8 @@ import asyncio
 import importlib
 import logging
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from apiproxy import logs
@@ -120,3 +122,41 @@ def mesh_config(settings: MulticlusterSettings) -> int:
     peers = [Snapshot.of(item).peer() for item in listed.get("items") or []]
     sys.stdout.write(outputs.mesh_yaml(peers))
     return 0
+
+
+def keys_rotate(kubeconfig: str | None, namespace: str) -> int:
+    """``apiproxy keys rotate``: put a next key (and the current key's proof for it) into the keypair Secret.
+
+    The running controller takes it from there (publish, switch, promote; see
+    :mod:`apiproxy.multicluster.rotation`). Refused while a rotation is under way.
+    """
+    from apiproxy.multicluster import model, rotation
+    from apiproxy.multicluster.keypair import write_keyring
+    from apiproxy.multicluster.kube import Conflict, secret_data
+
+    settings = MulticlusterSettings(kubeconfig=Path(kubeconfig) if kubeconfig else None, namespace=namespace)
+    configuration = kube_configuration(settings)
+    client: Any = importlib.import_module("kubernetes.client")
+    objects = KubeObjects(client.ApiClient(configuration))
+
+    async def rotate() -> int:
+        secret = await objects.get("Secret", namespace, model.KEYPAIR_SECRET)
+        if secret is None:
+            print(
+                f"apiproxy keys rotate: Secret {namespace}/{model.KEYPAIR_SECRET} does not exist",
+                file=sys.stderr,
+            )
+            return 1
+        current = rotation.Keyring.from_secret(
+            secret_data(secret), (secret.get("metadata") or {}).get("annotations")
+        )
+        try:
+            started = rotation.start(current, time.time())
+            await write_keyring(objects, secret, started)
+        except (ValueError, Conflict) as exc:
+            print(f"apiproxy keys rotate: {exc}", file=sys.stderr)
+            return 1
+        print(f"key rotation started at {started.started_annotation()}: the next key is published first")
+        return 0
+
+    return asyncio.run(rotate())

@@ -29,6 +29,8 @@ class PeerState:
     public: PublicMetadata | None
     private: MulticlusterMetadata | None = None
     enable_ingress_gateway: bool = True
+    #: The peer's next key during its key rotation (vouched for by its pinned key).
+    next_key: str | None = None
 
 
 def trust_store(peers: Iterable[PeerState]) -> bytes:
@@ -40,7 +42,10 @@ def trust_store(peers: Iterable[PeerState]) -> bytes:
     for peer in peers:
         if peer.public is None:
             continue
-        doc[peer.public.cluster_uuid] = peer.public.to_json()
+        entry = peer.public.to_json()
+        if peer.next_key:
+            entry["authnKeyPubNext"] = peer.next_key
+        doc[peer.public.cluster_uuid] = entry
     return json.dumps(doc, sort_keys=True, indent=2).encode("utf-8") + b"\n"
 
 
@@ -136,3 +141,10 @@ def private_from_status(status: Mapping[str, Any] | None) -> MulticlusterMetadat
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def next_key_from_status(status: Mapping[str, Any] | None) -> str | None:
+    cache = (status or {}).get("metadataCache")
+    raw = cache.get("public") if isinstance(cache, Mapping) else None
+    value = raw.get("authnKeyPubNext") if isinstance(raw, Mapping) else None
+    return value if isinstance(value, str) and value else None

@@ -27,11 +27,13 @@ from apiproxy.metadata import (
     parse_multicluster,
     parse_public,
 )
+from apiproxy.metadata.formats import load_json
 from apiproxy.multicluster import conditions as cond
 from apiproxy.multicluster import identity, outputs, tokens
 from apiproxy.multicluster.conditions import Condition, Reason
 from apiproxy.multicluster.fetch import Fetcher, FetchError, TLSOptions
 from apiproxy.multicluster.model import PeerSpec, is_uuid
+from apiproxy.multicluster.rotation import verify_proof
 
 Clock = Callable[[], float]
 
@@ -103,6 +105,7 @@ async def reconcile(
     results: list[Condition] = []
     identity_changed = False
     duplicate = False
+    accepted_next: str | None = None
 
     # 1. public metadata, pinned
     public: PublicMetadata | None = None
@@ -111,6 +114,7 @@ async def reconcile(
         observed = parse_public(raw)
         if not is_uuid(observed.cluster_uuid):
             raise MetadataFormatError("public.json: clusterUUID is not a UUID")
+        next_key = _vouched_next_key(raw, observed)
         decision = identity.decide(
             observed,
             pinned,
@@ -118,6 +122,7 @@ async def reconcile(
             expected_uuid=spec.expected_cluster_uuid,
             accept_fingerprint=spec.accept_identity,
             claimed_by_other=claimed_by_other(observed.cluster_uuid.lower()),
+            next_fingerprint=identity.fingerprint(next_key) if next_key else None,
         )
         identity_changed = decision.identity_changed
         if decision.reason == Reason.DUPLICATE_PEER:
@@ -128,6 +133,9 @@ async def reconcile(
             public = PublicMetadata(observed.cluster_uuid.lower(), observed.authn_key_pub, observed.root_ca)
             pinned = decision.pin
             cache["public"] = public.to_json()
+            if next_key:
+                cache["public"]["authnKeyPubNext"] = next_key
+            accepted_next = next_key
             cache["publicLastFetchTimestamp"] = rfc3339(now)
             results.append(Condition(cond.PUBLIC, True, Reason.FETCHED, decision.message))
         else:
@@ -250,7 +258,12 @@ async def reconcile(
             ca_pem=spec.ca_pem,
             insecure_skip_verify=spec.insecure_skip_verify,
         )
-    peer = outputs.PeerState(spec.name, effective_public, effective_private, spec.enable_ingress_gateway)
+    effective_next = accepted_next if public is not None else outputs.next_key_from_status(status)
+    if duplicate:
+        effective_next = None
+    peer = outputs.PeerState(
+        spec.name, effective_public, effective_private, spec.enable_ingress_gateway, effective_next
+    )
     return Result(
         status=new_status,
         changed=changed,
@@ -263,6 +276,15 @@ async def reconcile(
         insecure=spec.insecure_skip_verify,
         steps=steps,
     )
+
+
+def _vouched_next_key(raw: bytes, observed: PublicMetadata) -> str | None:
+    """``authnKeyPubNext`` when ``authnKeyPubNextProof`` shows the observed current key vouches for it."""
+    doc = load_json(raw, "public.json")
+    next_pem, proof = doc.get("authnKeyPubNext"), doc.get("authnKeyPubNextProof")
+    if not isinstance(next_pem, str) or not isinstance(proof, str):
+        return None
+    return next_pem if verify_proof(observed.authn_key_pub, next_pem, proof) else None
 
 
 async def _check_api(fetcher: Fetcher, api_host: str, tls: TLSOptions, token: str) -> Condition:

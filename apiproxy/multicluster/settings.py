@@ -28,6 +28,12 @@ class MulticlusterSettings:
     api_token_ttl: float = _opt(
         30 * 86400.0, "lifetime of the API tokens in istiod's remote secrets", type=_duration_arg
     )
+    rotation_publish_period: float = _opt(
+        600.0,
+        "after 'apiproxy keys rotate', how long the next key is only published before tokens switch to it "
+        "(longer than the peers' --resync)",
+        type=_duration_arg,
+    )
     fetch_timeout: float = _opt(10.0, "longest wait for one metadata or API answer", type=_duration_arg)
     retry_base: float = _opt(5.0, "first retry delay after a failure (doubles, capped)", type=_duration_arg)
     retry_cap: float = _opt(300.0, "longest retry delay", type=_duration_arg)
