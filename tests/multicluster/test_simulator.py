@@ -223,3 +223,64 @@ async def test_api_token_is_reminted_when_a_third_of_its_life_remains(
 def reconciles(run: Running) -> float:
     value = run.metrics.registry.get_sample_value("apiproxy_multicluster_reconcile_duration_seconds_count")
     return value or 0.0
+
+
+async def test_rotation_across_two_controllers(
+    ours: Ours, peer: Peer, start_controller: StartController
+) -> None:
+    from apiproxy.auth.keys import load_private_key
+    from apiproxy.multicluster.main import keys_rotate
+
+    first = await start_controller(rotation_publish_period=1.0)
+    second = await start_controller(rotation_publish_period=1.0)
+    ours.create("east", {"metadataEndpoint": peer.endpoint, "metadata": {"ca": peer.ca_pem}})
+    await established(ours)
+
+    assert await asyncio.to_thread(keys_rotate, str(ours.kubeconfig), NAMESPACE) == 0
+    assert await asyncio.to_thread(keys_rotate, str(ours.kubeconfig), NAMESPACE) == 1, (
+        "one rotation at a time"
+    )
+    keypair = ours.secret("d8-remote-authn-keypair")
+    assert keypair is not None
+    next_key = load_private_key(base64.b64decode(keypair["data"]["next-priv.pem"]))
+    next_pub = base64.b64decode(keypair["data"]["next-pub.pem"]).decode()
+    # The peer follows (what its controller does on reading our authnKeyPubNext): both keys trusted.
+    entries = {c.uuid: c.metadata() for c in peer.sandbox.clusters.values()}
+    entries[OUR_UUID]["authnKeyPubNext"] = next_pub
+    tmp = peer.sandbox.trust_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries))
+    tmp.replace(peer.sandbox.trust_file)
+
+    def token_signed_by_next() -> bool:
+        secret = ours.secret("istio-remote-secret-east")
+        assert secret is not None
+        config = yaml.safe_load(base64.b64decode(secret["data"][peer.uuid]))
+        token = config["users"][0]["user"]["token"]
+        return tokens.inspect_own_token(token, next_key, our_uuid=OUR_UUID, peer_uuid=peer.uuid) is not None
+
+    await eventually(token_signed_by_next, timeout=30)
+    await established(ours)
+
+    # As if the longest token lifetime had passed: the next key is promoted, once, by either controller.
+    ours.store.patch(
+        "secrets", NAMESPACE, "d8-remote-authn-keypair",
+        {"metadata": {"annotations": {"apiproxy.io/rotation-started": "2020-01-01T00:00:00Z"}}},
+    )  # fmt: skip
+
+    def promoted() -> bool:
+        data = (ours.secret("d8-remote-authn-keypair") or {}).get("data") or {}
+        return "next-priv.pem" not in data and base64.b64decode(data["pub.pem"]).decode() == next_pub
+
+    await eventually(promoted, timeout=30)
+    annotations = ours.secret("d8-remote-authn-keypair")["metadata"].get("annotations") or {}  # type: ignore[index]
+    assert "apiproxy.io/rotation-started" not in annotations
+    await eventually(
+        lambda: all(
+            run.controller is not None
+            and run.controller.key is not None
+            and public_key_pem(run.controller.key.public_key(), deckhouse=True).decode() == next_pub
+            for run in (first, second)
+        ),
+        timeout=30,
+    )
+    await established(ours)
