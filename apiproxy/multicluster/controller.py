@@ -13,6 +13,7 @@ status; the next attempt recomputes everything from scratch and writes only what
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -144,6 +145,11 @@ class Controller:
         self._shared_lock = asyncio.Lock()
         #: name → (creationTimestamp, pinned UUID) as of this process's last reconcile of it.
         self._pins: dict[str, tuple[str, str | None]] = {}
+        #: The last status this process computed per resource. Only this controller writes status, so
+        #: it is never older than the body kopf hands in, which can be: a handler queued behind another
+        #: one for the same resource runs with the body of its own event. Reconciling from a stale body
+        #: would forget the pinned identity and drop an established peer from the trust store.
+        self._statuses: dict[str, dict[str, Any]] = {}
 
     async def startup(self) -> None:
         self.key = await ensure_keypair(self.objects, self.settings.namespace)
@@ -197,18 +203,20 @@ class Controller:
     ) -> tuple[dict[str, Any], bool]:
         key = await self.signing_key()
         meta = body.get("metadata") or {}
-        previous = dict(body.get("status") or {})
+        previous = dict(self._statuses.get(name) or body.get("status") or {})
         generation = meta.get("generation")
         try:
             spec = model.parse_spec(name, body.get("spec") or {}, meta.get("annotations") or {})
         except model.SpecError as exc:
-            return self._invalid_spec(body, previous, str(exc), generation), False
+            invalid = self._invalid_spec(body, previous, str(exc), generation)
+            self._statuses[name] = invalid
+            return invalid, False
 
         ns = self.settings.namespace
         secret_name = model.remote_secret_name(name)
         existing = await self.objects.get("Secret", ns, secret_name)
         ours = {k: v for k, v in others.items() if k != name}
-        me = Snapshot.of(body)
+        me = dataclasses.replace(Snapshot.of(body), status=previous)
 
         def claimed_by_other(uuid: str) -> str | None:
             # The index may lag our own latest status patches by kopf's batching window, so the pins
@@ -264,6 +272,7 @@ class Controller:
                 f"{change.type}{'' if change.ok else 'Failed'}",
                 f"{change.reason}: {change.message}"[:1000],
             )
+        self._statuses[name] = result.status
         return result.status, result.ok
 
     def _invalid_spec(
@@ -321,5 +330,6 @@ class Controller:
             await self.objects.delete("Secret", self.settings.namespace, model.remote_secret_name(name))
             self.schedule.forget(name)
             self._pins.pop(name, None)
+            self._statuses.pop(name, None)
             self.metrics.forget(name)
             log.info("peer %s removed: trust entry, remote secret and mesh entry deleted", name)

@@ -172,3 +172,21 @@ def test_schedule_resyncs_with_jitter_and_backs_off_with_a_cap() -> None:
     assert delays[0] <= 6 and max(delays) <= 40 and delays[-1] >= 32
     schedule.done("a", ok=True)
     assert "a" not in schedule.failures
+
+
+async def test_a_stale_body_never_drops_an_established_peer(objects: MemoryObjects) -> None:
+    """A handler queued behind another one runs with its own event's body (here: no status yet)."""
+    import base64
+
+    from apiproxy.multicluster.fetch import FetchError
+
+    peer = ScriptedPeer.healthy(ed25519.Ed25519PrivateKey.generate())
+    c = controller(objects, peer)
+    created = resource()
+    await c.reconcile(created, {})
+    peer.answers["/metadata/public/public.json"] = FetchError("FetchFailed", "connection refused")
+    status = await c.reconcile(created, {})  # the creation event's body: status empty
+    assert status["pinnedIdentity"]["clusterUUID"] == PEER_UUID
+    trust = objects.objects[("Secret", "d8-istio", "d8-remote-clusters-public-metadata")]
+    assert PEER_UUID in json.loads(base64.b64decode(trust["data"]["remote-public-metadata.json"]))
+    assert ("Secret", "d8-istio", "istio-remote-secret-east") in objects.objects
