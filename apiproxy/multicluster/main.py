@@ -53,16 +53,18 @@ def connection_info(configuration: Any, namespace: str) -> Any:
     )
 
 
-def start_metrics(listen: str, metrics: ControllerMetrics) -> None:
+def start_metrics(listen: str, metrics: ControllerMetrics) -> Any:
+    """Serve ``/metrics`` in a thread; returns the server (``shutdown()`` stops it), None when disabled."""
     if not listen:
-        return
+        return None
     from prometheus_client import start_http_server
 
     from apiproxy.tlsconfig import parse_listen
 
     host, port = parse_listen(listen)
-    start_http_server(port, addr=host, registry=metrics.registry)
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
     log.info("metrics on http://%s/metrics", listen)
+    return server
 
 
 async def run_controller(

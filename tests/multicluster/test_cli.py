@@ -91,3 +91,27 @@ async def test_mesh_config_prints_the_mesh_settings(ours: Ours) -> None:
             }
         },
     }
+
+
+async def test_metrics_are_served_on_their_own_port() -> None:
+    import aiohttp
+
+    from apiproxy.multicluster.main import start_metrics
+    from apiproxy.multicluster.metrics import ControllerMetrics
+    from tests.multicluster.conftest import free_port
+
+    metrics = ControllerMetrics()
+    metrics.identity_changed.labels("east").set(1)
+    port = free_port()
+    server = start_metrics(f"127.0.0.1:{port}", metrics)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            text = await resp.text()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 'apiproxy_multicluster_remote_identity_changed{multicluster_name="east"} 1.0' in text
+    assert "d8_istio_multicluster_metadata_endpoints_fetch_error_count" in text

@@ -95,10 +95,13 @@ async def test_bad_public_endpoints_set_a_reason(
     reason: str,
 ) -> None:
     scripted.routes["/metadata/public/public.json"] = handler
-    await start_controller(fetch_timeout=0.5)
+    run = await start_controller(fetch_timeout=0.5)
     ours.create(name, {"metadataEndpoint": scripted.endpoint, "metadata": {"ca": scripted.ca_pem}})
     public = await condition_reason(ours, name, "PublicMetadataExchangeReady")
     assert public["reason"] == reason, public
+    labels = {"multicluster_name": name, "endpoint": scripted.endpoint + "public/public.json"}
+    fetch_errors = "d8_istio_multicluster_metadata_endpoints_fetch_error_count"
+    await eventually(lambda: run.metrics.registry.get_sample_value(fetch_errors, labels) == 1)
     ready = ours.condition(name)
     assert ready is not None and ready["status"] == "False" and ready["reason"] == reason
     assert ours.secret(f"istio-remote-secret-{name}") is None
