@@ -177,3 +177,17 @@ async def test_a_transient_failure_tears_nothing_down(
         if e.get("type") == "Warning" and e.get("reason", "").endswith("Failed")
     ]
     assert warnings, "a transition to failure is an Event"
+
+
+async def test_a_spec_change_is_reconciled_at_once_and_observed(
+    ours: Ours, peer: Peer, start_controller: StartController
+) -> None:
+    await start_controller(resync=3600.0)  # no resync during the test: only the update handler can act
+    ours.create("east", {"metadataEndpoint": peer.endpoint, "metadata": {"ca": peer.ca_pem}})
+    await eventually(lambda: (ours.condition("east") or {}).get("status") == "True", timeout=30)
+    moved = f"https://127.0.0.1:{free_port()}/metadata/"
+    ours.store.patch("istiomulticlusters", None, "east", {"spec": {"metadataEndpoint": moved}})
+    public = await condition_reason(ours, "east", "PublicMetadataExchangeReady")
+    assert public["reason"] == "FetchFailed" and public["observedGeneration"] == 2
+    assert ours.resource("east")["status"]["observedGeneration"] == 2  # type: ignore[index]
+    assert ours.secret("istio-remote-secret-east") is not None, "established outputs stay"
