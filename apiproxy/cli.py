@@ -60,6 +60,12 @@ def _exporter(settings: Any) -> int:
     return 0
 
 
+def _keys_rotate(args: argparse.Namespace) -> int:
+    from apiproxy.multicluster.main import keys_rotate
+
+    return keys_rotate(args.kubeconfig, args.namespace)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from apiproxy.demo import run_demo
 
@@ -76,6 +82,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     """The ``apiproxy`` parser and the subparsers whose ``--config`` is re-parsed, by command."""
     from apiproxy.auth.cli import add_commands as add_auth_commands
     from apiproxy.exporter.settings import ExporterSettings
+    from apiproxy.multicluster.settings import MulticlusterSettings
     from apiproxy.policy_cli import add_commands as add_policy_commands
 
     parser = argparse.ArgumentParser(
@@ -101,6 +108,27 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     )
     add_arguments(exporter, ExporterSettings)
 
+    multicluster = sub.add_parser(
+        "multicluster",
+        help="run the IstioMulticluster controller (or print its mesh settings)",
+        description="Fetch each peer's metadata, pin its identity, and write the trust store, istiod remote "
+        "secrets and mesh settings. 'multicluster mesh-config' prints the mesh settings and exits.",
+    )
+    multicluster.add_argument(
+        "action", nargs="?", choices=("run", "mesh-config"), default="run", help="default: run"
+    )
+    add_arguments(multicluster, MulticlusterSettings)
+
+    keys = sub.add_parser("keys", help="this cluster's token-signing keypair")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    rotate = keys_sub.add_parser(
+        "rotate",
+        help="start a zero-downtime rotation of the keypair (the controller publishes, switches, promotes)",
+    )
+    rotate.add_argument("--kubeconfig", default=None, help="default: in-cluster config")
+    rotate.add_argument("--namespace", default="d8-istio", help="namespace of d8-remote-authn-keypair")
+    rotate.set_defaults(func=_keys_rotate)
+
     demo = sub.add_parser(
         "demo", help="run a simulated apiserver and the proxy on loopback, and walk through it"
     )
@@ -112,7 +140,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
 
     add_policy_commands(sub)
     add_auth_commands(sub)
-    return parser, {"serve": serve, "exporter": exporter}
+    return parser, {"serve": serve, "exporter": exporter, "multicluster": multicluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,6 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         rest = argv[argv.index("exporter") + 1 :]
         return _exporter(parse_settings(subparsers["exporter"], rest, ExporterSettings))
+    if args.command == "multicluster":
+        from apiproxy.multicluster.main import mesh_config, run
+        from apiproxy.multicluster.settings import MulticlusterSettings
+
+        rest = argv[argv.index("multicluster") + 1 :]
+        settings = parse_settings(subparsers["multicluster"], rest, MulticlusterSettings)
+        return mesh_config(settings) if args.action == "mesh-config" else run(settings)
     return int(args.func(args))
 
 

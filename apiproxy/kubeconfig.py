@@ -21,22 +21,28 @@ def _b64(data: bytes) -> str:
 
 def render_kubeconfig(
     server: str,
-    ca_pem: bytes,
+    ca_pem: bytes | None,
     *,
     token: str | None = None,
     client_cert_pem: bytes | None = None,
     client_key_pem: bytes | None = None,
     name: str = "apiproxy",
     namespace: str | None = None,
+    insecure_skip_tls_verify: bool = False,
 ) -> str:
-    """YAML kubeconfig text; raises ``ValueError`` on inconsistent input."""
+    """YAML kubeconfig text; raises ``ValueError`` on inconsistent input.
+
+    ``ca_pem`` None means the client's system roots (a peer whose API host has a public certificate);
+    ``insecure_skip_tls_verify`` is only for a peer whose IstioMulticluster asks for it explicitly.
+    """
     url = urlsplit(server)
     if url.scheme != "https" or not url.hostname:
         raise ValueError(f"server must be an https:// URL, got {server!r}")
-    try:
-        x509.load_pem_x509_certificates(ca_pem)
-    except ValueError as exc:
-        raise ValueError(f"CA is not a PEM certificate bundle: {exc}") from exc
+    if ca_pem is not None:
+        try:
+            x509.load_pem_x509_certificates(ca_pem)
+        except ValueError as exc:
+            raise ValueError(f"CA is not a PEM certificate bundle: {exc}") from exc
     if (client_cert_pem is None) != (client_key_pem is None):
         raise ValueError("client certificate and client key go together")
     if token is None and client_cert_pem is None:
@@ -57,12 +63,15 @@ def render_kubeconfig(
     context: dict[str, Any] = {"cluster": name, "user": name}
     if namespace:
         context["namespace"] = namespace
+    cluster: dict[str, Any] = {"server": server}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = _b64(ca_pem)
+    elif insecure_skip_tls_verify:
+        cluster["insecure-skip-tls-verify"] = True
     config: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": name, "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}
-        ],
+        "clusters": [{"name": name, "cluster": cluster}],
         "users": [{"name": name, "user": user}],
         "contexts": [{"name": name, "context": context}],
         "current-context": name,

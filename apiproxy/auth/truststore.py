@@ -10,7 +10,8 @@ whole load, so the caller keeps its last good snapshot):
 * the object key is the cluster identity; ``clusterUUID``, when present, must equal it (a mismatch means a
   corrupt or hand-edited entry, and guessing which one is right could hand one cluster's key to another);
 * ``authnKeyPub`` is a PEM public key (Deckhouse: ``ED25519 PUBLIC KEY``); ``rootCA`` is one or more PEM
-  certificates; an entry must have at least one of them (empty strings count as absent).
+  certificates; an entry must have at least one of them (empty strings count as absent);
+* ``authnKeyPubNext`` (optional, ours) is a second key of the same cluster during a key rotation.
 
 Optional JWKS file (for issuers other than Deckhouse): ``{"keys": [...]}``. Each JWK belongs to the cluster
 named by its non-standard ``sub`` member when present, else by its ``kid``. This lets a cluster rotate keys
@@ -101,12 +102,15 @@ def _parse_entry(uuid: str, entry: object, names: Mapping[str, str]) -> RemoteCl
             f"{where}: clusterUUID {str(declared)[:80]!r} does not match the entry key; refusing to guess"
         )
     keys: tuple[VerificationKey, ...] = ()
-    pub = _pem_field(entry, "authnKeyPub", where)
-    if pub is not None:
-        try:
-            keys = (load_public_key_pem(pub),)
-        except KeyFormatError as exc:
-            raise TrustStoreError(f"{where}: authnKeyPub: {exc}") from exc
+    for field_name in ("authnKeyPub", "authnKeyPubNext"):
+        # authnKeyPubNext (ours; Deckhouse's readers ignore it): the key a peer is rotating to, trusted
+        # beside the current one while its tokens switch over.
+        pub = _pem_field(entry, field_name, where)
+        if pub is not None:
+            try:
+                keys += (load_public_key_pem(pub),)
+            except KeyFormatError as exc:
+                raise TrustStoreError(f"{where}: {field_name}: {exc}") from exc
     roots: tuple[x509.Certificate, ...] = ()
     root_pem = _pem_field(entry, "rootCA", where)
     if root_pem is not None:

@@ -18,7 +18,7 @@ import json
 import random
 import ssl
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -186,6 +186,7 @@ class Simulator:
         self.url = ""
         self.port = 0
         self._docs = discovery.static_documents()
+        self.custom_resources: list[ResourceType] = []
         self._runner: web.ServerRunner | None = None
         self._watch_tasks: set[asyncio.Task[Any]] = set()
 
@@ -205,6 +206,17 @@ class Simulator:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{'https' if ssl_context else 'http'}://{shown}:{self.port}"
         self._docs["/api"] = dumps(discovery.api_versions(f"{shown}:{self.port}"))
+
+    def add_crd(self, crd: Mapping[str, Any]) -> list[ResourceType]:
+        """Serve the custom resources of an ``apiextensions.k8s.io/v1`` CRD manifest (list, watch, get,
+        create, update, patch, delete, and its ``status`` subresource), and advertise them in discovery."""
+        added = [res.register(r) for r in res.resources_from_crd(crd)]
+        self.custom_resources += [r for r in added if r not in self.custom_resources]
+        api = self._docs.get("/api")
+        self._docs = discovery.static_documents(self.custom_resources)
+        if api is not None:
+            self._docs["/api"] = api
+        return added
 
     async def stop(self) -> None:
         """End every watch stream cleanly (terminating chunk included), then close the server."""
@@ -295,6 +307,11 @@ class Simulator:
             self._require(r, "list")
             form = negotiation.negotiate(accept, negotiation.LIST_CONVERSIONS)
             return await self._list(request, target, query, form, headers)
+        if target.subresource == "status" and r.has_status_subresource and method in ("PUT", "PATCH"):
+            self._require(r, "update" if method == "PUT" else "patch")
+            if method == "PUT":
+                return self._update(target, await self._json_body(request), headers)
+            return await self._patch(request, target, headers)
         if target.legacy_watch or target.subresource is not None:
             raise _method_not_allowed()
         if method == "POST" and target.name is None:
@@ -638,26 +655,41 @@ class Simulator:
                 f"the name of the object ({name}) does not match the name on the URL ({target.name})",
                 reason="BadRequest",
             )
-        updated = self.store.update(body, resource=target.resource)
+        updated = self.store.update(body, resource=target.resource, subresource=target.subresource)
         return web.Response(body=dumps(updated), content_type=JSON_CT, headers=headers)
 
     async def _patch(self, request: web.BaseRequest, target: Target, headers: dict[str, str]) -> web.Response:
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+        if ctype not in (
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+            "application/json-patch+json",
+        ):
             raise StatusError(
                 415,
                 "the body of the request was in an unknown format - accepted media types include: "
-                "application/merge-patch+json, application/strategic-merge-patch+json",
+                "application/json-patch+json, application/merge-patch+json, "
+                "application/strategic-merge-patch+json",
                 reason="UnsupportedMediaType",
             )
         try:
             patch = json.loads(await request.read())
         except ValueError as err:
             raise StatusError(400, f"error decoding patch: {err}") from None
+        if ctype == "application/json-patch+json":
+            assert target.name is not None
+            if not isinstance(patch, list):
+                raise StatusError(400, "error decoding patch: a JSON patch is an array")
+            patched = self.store.json_patch(
+                target.resource, target.namespace, target.name, patch, subresource=target.subresource
+            )
+            return web.Response(body=dumps(patched), content_type=JSON_CT, headers=headers)
         if not isinstance(patch, dict):
             raise StatusError(400, "error decoding patch: not an object")
         assert target.name is not None
-        patched = self.store.patch(target.resource, target.namespace, target.name, patch)
+        patched = self.store.patch(
+            target.resource, target.namespace, target.name, patch, subresource=target.subresource
+        )
         return web.Response(body=dumps(patched), content_type=JSON_CT, headers=headers)
 
     def _review(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from apiproxy.simulator import resources as res
@@ -34,9 +35,15 @@ def _storage_hash(r: ResourceType) -> str:
     return base64.b64encode(digest[:8]).decode()
 
 
-def api_resource_list(group: str, version: str) -> dict[str, Any]:
+def _group_versions(extra: Sequence[ResourceType]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys([*res.GROUP_VERSIONS, *((r.group, r.version) for r in extra)]))
+
+
+def api_resource_list(group: str, version: str, extra: Sequence[ResourceType] = ()) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
-    for r in res.resources_in(group, version):
+    served = res.resources_in(group, version)
+    served += [r for r in extra if (r.group, r.version) == (group, version) and r not in served]
+    for r in served:
         entry: dict[str, Any] = {
             "name": r.plural,
             "singularName": r.singular,
@@ -67,8 +74,10 @@ def api_resource_list(group: str, version: str) -> dict[str, Any]:
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": entries}
 
 
-def api_group(group: str) -> dict[str, Any]:
-    versions = [{"groupVersion": f"{group}/{v}", "version": v} for v in res.group_versions(group)]
+def api_group(group: str, extra: Sequence[ResourceType] = ()) -> dict[str, Any]:
+    versions = [
+        {"groupVersion": f"{group}/{v}", "version": v} for g, v in _group_versions(extra) if g == group
+    ]
     return {
         "kind": "APIGroup",
         "apiVersion": "v1",
@@ -78,8 +87,8 @@ def api_group(group: str) -> dict[str, Any]:
     }
 
 
-def api_group_list() -> dict[str, Any]:
-    groups = [api_group(g) for g in dict.fromkeys(g for g, _ in res.GROUP_VERSIONS if g)]
+def api_group_list(extra: Sequence[ResourceType] = ()) -> dict[str, Any]:
+    groups = [api_group(g, extra) for g in dict.fromkeys(g for g, _ in _group_versions(extra) if g)]
     for g in groups:
         del g["kind"], g["apiVersion"]
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
@@ -93,13 +102,16 @@ def api_versions(server_address: str) -> dict[str, Any]:
     }
 
 
-def static_documents() -> dict[str, bytes]:
-    """Path → JSON body for every discovery document except ``/api`` (which names the address)."""
-    docs = {"/apis": dumps(api_group_list()), "/version": dumps(KUBE_VERSION)}
-    for group, version in res.GROUP_VERSIONS:
+def static_documents(extra: Sequence[ResourceType] = ()) -> dict[str, bytes]:
+    """Path → JSON body for every discovery document except ``/api`` (which names the address).
+
+    ``extra``: custom resources this simulator serves (from the CRDs it was given).
+    """
+    docs = {"/apis": dumps(api_group_list(extra)), "/version": dumps(KUBE_VERSION)}
+    for group, version in _group_versions(extra):
         if group:
-            docs[f"/apis/{group}"] = dumps(api_group(group))
-            docs[f"/apis/{group}/{version}"] = dumps(api_resource_list(group, version))
+            docs[f"/apis/{group}"] = dumps(api_group(group, extra))
+            docs[f"/apis/{group}/{version}"] = dumps(api_resource_list(group, version, extra))
         else:
-            docs[f"/api/{version}"] = dumps(api_resource_list(group, version))
+            docs[f"/api/{version}"] = dumps(api_resource_list(group, version, extra))
     return docs

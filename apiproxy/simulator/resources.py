@@ -44,6 +44,15 @@ class ResourceType:
     subresources: tuple[Subresource, ...] = ()
     #: Selectable fields beyond ``metadata.name``/``metadata.namespace`` (kube's per-type field label sets).
     extra_fields: Mapping[str, FieldGetter] = field(default_factory=dict)
+    #: Served from a CustomResourceDefinition: ``metadata.generation`` counts spec changes, and with a
+    #: ``status`` subresource the main endpoint ignores ``status`` while ``/status`` changes only it.
+    custom: bool = False
+    #: A CRD's ``additionalPrinterColumns``: ``(name, type, jsonPath, priority)``.
+    printer_columns: tuple[tuple[str, str, str, int], ...] = ()
+
+    @property
+    def has_status_subresource(self) -> bool:
+        return self.custom and self.subresource("status") is not None
 
     @property
     def api_version(self) -> str:
@@ -246,8 +255,11 @@ LOCALSUBJECTACCESSREVIEWS = ResourceType(
     verbs=REVIEW_VERBS,
 )
 
+EVENTS = ResourceType("", "v1", "Event", "events", "event", namespaced=True, short_names=("ev",))
+
 RESOURCES: tuple[ResourceType, ...] = (
     CONFIGMAPS,
+    EVENTS,
     ENDPOINTS,
     NAMESPACES,
     NODES,
@@ -280,6 +292,65 @@ def _aliases() -> dict[str, ResourceType]:
 
 
 _BY_ALIAS = _aliases()
+
+
+def resources_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
+    """One :class:`ResourceType` per served version of an ``apiextensions.k8s.io/v1`` CRD manifest."""
+    spec = crd["spec"]
+    names = spec["names"]
+    out = []
+    for version in spec["versions"]:
+        if not version.get("served", True):
+            continue
+        subresources = []
+        if "status" in (version.get("subresources") or {}):
+            subresources.append(Subresource("status", names["kind"], ("get", "patch", "update")))
+        columns = tuple(
+            (str(c["name"]), str(c.get("type", "string")), str(c["jsonPath"]), int(c.get("priority", 0)))
+            for c in version.get("additionalPrinterColumns") or ()
+        )
+        out.append(
+            ResourceType(
+                spec["group"],
+                version["name"],
+                names["kind"],
+                names["plural"],
+                names.get("singular") or names["kind"].lower(),
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                short_names=tuple(names.get("shortNames") or ()),
+                categories=tuple(names.get("categories") or ()),
+                subresources=tuple(subresources),
+                custom=True,
+                printer_columns=columns,
+            )
+        )
+    return out
+
+
+def register(resource: ResourceType) -> ResourceType:
+    """Serve a custom resource from now on; registering the same path again returns the first one.
+
+    The lookup tables are process-wide (every simulator of a test process serves a CRD once it is
+    registered); discovery stays per simulator, so only simulators given the CRD advertise it.
+    """
+    key = (resource.group, resource.version, resource.plural)
+    existing = _BY_PATH.get(key)
+    if existing is not None:
+        if not existing.custom or existing.kind != resource.kind:
+            raise ValueError(f"{resource.qualified} is already served as {existing.kind}")
+        return existing
+    _BY_PATH[key] = resource
+    _BY_API_KIND.setdefault((resource.api_version, resource.kind), resource)
+    for alias in (
+        resource.plural,
+        resource.singular,
+        resource.kind,
+        resource.kind.lower(),
+        resource.qualified,
+        *resource.short_names,
+    ):
+        _BY_ALIAS.setdefault(alias, resource)
+    return resource
 
 
 def lookup(group: str, version: str, plural: str) -> ResourceType | None:

@@ -290,6 +290,8 @@ class Store:
     def collection(self, resource: ResourceType | str) -> Collection:
         r = res.resolve(resource)
         coll = self.collections.get(r)
+        if coll is None and r.custom:
+            coll = self.collections[r] = Collection(r, self.history_limit)
         if coll is None:
             raise StatusError(405, f"{r.qualified} cannot be stored", reason="MethodNotAllowed")
         return coll
@@ -405,16 +407,32 @@ class Store:
             )
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", now_rfc3339())
+        meta.pop("deletionTimestamp", None)
+        if r.custom:
+            meta["generation"] = 1
+        if r.has_status_subresource:
+            new.pop("status", None)  # kube ignores status on create when /status exists
         meta["resourceVersion"] = str(self._next_rv())
         so = StoredObject(r, new)
         self._commit(coll, ADDED, so, None)
         return so
 
-    def update(self, obj: Mapping[str, Any], *, resource: ResourceType | str | None = None) -> dict[str, Any]:
+    def update(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        resource: ResourceType | str | None = None,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
         """Replace an existing object; emits MODIFIED.
 
         If ``metadata.resourceVersion`` is set it must be current (else 409 Conflict, as kube's optimistic
         concurrency); unset means unconditional. uid and creationTimestamp are kept from the stored object.
+
+        Custom resources with a ``status`` subresource: ``subresource="status"`` changes only ``status``,
+        the main resource everything but it; ``metadata.generation`` grows when anything outside
+        ``metadata`` and ``status`` changes. Once deleted with finalizers (``deletionTimestamp`` set), the
+        update that leaves no finalizer deletes the object.
         """
         r = self._resource_for(obj, resource)
         coll = self.collection(r)
@@ -431,21 +449,53 @@ class Store:
                 reason="Conflict",
                 details=r.not_found_details(name),
             )
-        old_meta = json.loads(prev.body)["metadata"]
-        for keep in ("uid", "creationTimestamp"):
+        old = json.loads(prev.body)
+        old_meta = old["metadata"]
+        if r.has_status_subresource:
+            if subresource == "status":
+                status = new.get("status")
+                new = {"kind": r.kind, "apiVersion": r.api_version, **old}
+                new["metadata"]["resourceVersion"] = meta.get("resourceVersion")
+                meta = new["metadata"]
+                if status is None:
+                    new.pop("status", None)
+                else:
+                    new["status"] = status
+            elif "status" in old:
+                new["status"] = old["status"]
+            else:
+                new.pop("status", None)
+        for keep in ("uid", "creationTimestamp", "deletionTimestamp"):
             if keep in old_meta:
                 meta[keep] = old_meta[keep]
+            else:
+                meta.pop(keep, None)
+        if r.custom:
+            ignored = ("kind", "apiVersion", "metadata", "status")
+            changed = {k: v for k, v in new.items() if k not in ignored} != {
+                k: v for k, v in old.items() if k not in ignored
+            }
+            meta["generation"] = int(old_meta.get("generation", 1)) + (1 if changed else 0)
         if r.namespaced:
             meta["namespace"] = prev.namespace
         meta["resourceVersion"] = str(self._next_rv())
         so = StoredObject(r, new)
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self._commit(coll, DELETED, so, prev)
+            return so.to_dict()
         self._commit(coll, MODIFIED, so, prev)
         return so.to_dict()
 
     def patch(
-        self, resource: ResourceType | str, namespace: str | None, name: str, patch: Mapping[str, Any]
+        self,
+        resource: ResourceType | str,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
     ) -> dict[str, Any]:
-        """Apply a JSON merge patch (RFC 7386); emits MODIFIED."""
+        """Apply a JSON merge patch (RFC 7386); emits MODIFIED (see :meth:`update` for ``subresource``)."""
         current = self.get_stored(resource, namespace, name).to_dict()
         merged = merge_patch(current, patch)
         if not isinstance(merged, dict):
@@ -456,7 +506,35 @@ class Store:
             meta["namespace"] = namespace
         if "resourceVersion" not in (patch.get("metadata") or {}):
             meta.pop("resourceVersion", None)
-        return self.update(merged, resource=resource)
+        return self.update(merged, resource=resource, subresource=subresource)
+
+    def json_patch(
+        self,
+        resource: ResourceType | str,
+        namespace: str | None,
+        name: str,
+        ops: builtins.list[Any],
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """Apply a JSON patch (RFC 6902); a failed ``test`` op (kopf's optimistic lock) is 422, as kube's."""
+        current = self.get_stored(resource, namespace, name).to_dict()
+        try:
+            patched = apply_json_patch(current, ops)
+        except JSONPatchError as err:
+            raise StatusError(
+                422,
+                f"the server rejected our request due to an error in our request: {err}",
+                reason="Invalid",
+            ) from None
+        if not isinstance(patched, dict):
+            raise StatusError(422, "patch must produce an object", reason="Invalid")
+        meta = patched.setdefault("metadata", {})
+        meta["name"] = name
+        if namespace:
+            meta["namespace"] = namespace
+        meta.pop("resourceVersion", None)
+        return self.update(patched, resource=resource, subresource=subresource)
 
     def delete(self, resource: ResourceType | str, namespace: str | None, name: str) -> dict[str, Any]:
         """Delete an object; emits DELETED carrying the deletion's resourceVersion. Deleting a namespace
@@ -464,6 +542,18 @@ class Store:
         coll = self.collection(resource)
         r = coll.resource
         prev = self.get_stored(r, namespace, name)
+        prev_meta = json.loads(prev.body)["metadata"]
+        if prev_meta.get("finalizers"):
+            # Finalizers pending: mark for deletion; the update removing the last one deletes (kube's way).
+            if prev_meta.get("deletionTimestamp"):
+                return prev.to_dict()
+            marked = json.loads(prev.body)
+            marked["metadata"]["deletionTimestamp"] = now_rfc3339()
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            marked["metadata"]["resourceVersion"] = str(self._next_rv())
+            so = StoredObject(r, marked)
+            self._commit(coll, MODIFIED, so, prev)
+            return so.to_dict()
         if r is res.NAMESPACES:
             for other in self.collections.values():
                 if other.resource.namespaced:
@@ -546,3 +636,95 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+class JSONPatchError(ValueError):
+    """A JSON patch that cannot be applied (bad op, missing path, failed test)."""
+
+
+def _pointer(path: str) -> builtins.list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise JSONPatchError(f"path {path!r} does not start with /")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _parent(doc: Any, parts: builtins.list[str]) -> Any:
+    for part in parts[:-1]:
+        if isinstance(doc, dict) and part in doc:
+            doc = doc[part]
+        elif isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        else:
+            raise JSONPatchError(f"path element {part!r} not found")
+    return doc
+
+
+def _get_at(doc: Any, parts: builtins.list[str]) -> Any:
+    if not parts:
+        return doc
+    parent, last = _parent(doc, parts), parts[-1]
+    if isinstance(parent, dict) and last in parent:
+        return parent[last]
+    if isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
+        return parent[int(last)]
+    raise JSONPatchError(f"path {'/'.join(parts)!r} not found")
+
+
+def _add(doc: Any, parts: builtins.list[str], value: Any) -> Any:
+    if not parts:
+        return value
+    parent, last = _parent(doc, parts), parts[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list):
+        index = len(parent) if last == "-" else int(last) if last.isdigit() else -1
+        if not 0 <= index <= len(parent):
+            raise JSONPatchError(f"bad array index {last!r}")
+        parent.insert(index, value)
+    else:
+        raise JSONPatchError("cannot add into a scalar")
+    return doc
+
+
+def _remove(doc: Any, parts: builtins.list[str]) -> Any:
+    _get_at(doc, parts)
+    parent, last = _parent(doc, parts), parts[-1]
+    if isinstance(parent, dict):
+        del parent[last]
+    else:
+        del parent[int(last)]
+    return doc
+
+
+def apply_json_patch(target: Any, ops: builtins.list[Any]) -> Any:
+    """RFC 6902 on a copy: add, remove, replace, move, copy, test."""
+    doc = copy.deepcopy(target)
+    if not isinstance(ops, list):
+        raise JSONPatchError("a JSON patch is an array of operations")
+    for op in ops:
+        if not isinstance(op, Mapping) or not isinstance(op.get("path"), str):
+            raise JSONPatchError("each operation needs op and path")
+        kind, parts = op.get("op"), _pointer(op["path"])
+        if kind == "test":
+            if _get_at(doc, parts) != op.get("value"):
+                raise JSONPatchError(f"test failed at {op['path']}")
+        elif kind == "add":
+            doc = _add(doc, parts, copy.deepcopy(op.get("value")))
+        elif kind == "remove":
+            doc = _remove(doc, parts)
+        elif kind == "replace":
+            _get_at(doc, parts)
+            doc = (
+                _add(_remove(doc, parts), parts, copy.deepcopy(op.get("value"))) if parts else op.get("value")
+            )
+        elif kind in ("move", "copy"):
+            source = _pointer(str(op.get("from", "")))
+            value = copy.deepcopy(_get_at(doc, source))
+            if kind == "move":
+                doc = _remove(doc, source)
+            doc = _add(doc, parts, value)
+        else:
+            raise JSONPatchError(f"unknown op {kind!r}")
+    return doc

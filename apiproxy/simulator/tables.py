@@ -7,6 +7,8 @@ table convertor. Cells are computed from a parsed object, so this only runs for 
 from __future__ import annotations
 
 import datetime
+import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -241,7 +243,66 @@ _DESCRIPTIONS = {
 }
 
 
+_FILTER = re.compile(r"""\[\?\(@\.([A-Za-z0-9_]+)\s*==\s*["']([^"']*)["']\)\]""")
+_STEP = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
+
+
+def json_path(obj: Any, path: str) -> Any:
+    """The subset of kube's JSONPath that CRD printer columns use: ``.a.b``, ``[0]``, ``[?(@.k=="v")]``.
+
+    A filter yields the first match (kube prints the first value of a column's result).
+    """
+    value, rest = obj, path.strip()
+    while rest and value is not None:
+        filt = _FILTER.match(rest)
+        if filt is not None:
+            key, want = filt.groups()
+            items = value if isinstance(value, list) else []
+            value = next((i for i in items if isinstance(i, Mapping) and str(i.get(key)) == want), None)
+            rest = rest[filt.end() :]
+            continue
+        step = _STEP.match(rest)
+        if step is None:
+            return None
+        if step.group(1) is not None:
+            value = value.get(step.group(1)) if isinstance(value, Mapping) else None
+        else:
+            index = int(step.group(2))
+            value = value[index] if isinstance(value, list) and index < len(value) else None
+        rest = rest[step.end() :]
+    return value
+
+
+def _printer_cell(type_: str, path: str) -> Callable[[Obj, datetime.datetime], Any]:
+    def cell(obj: Obj, now: datetime.datetime) -> Any:
+        value = json_path(obj, path)
+        if value is None:
+            return None
+        if type_ == "date":
+            when = _parse_time(value)
+            return human_duration((now - when).total_seconds()) if when else "<invalid>"
+        if type_ == "string" and isinstance(value, dict | list):
+            return json.dumps(value, separators=(",", ":"))
+        return value
+
+    return cell
+
+
 def columns_for(resource: ResourceType) -> tuple[Column, ...]:
+    if resource.printer_columns:
+        return (
+            NAME,
+            *tuple(
+                (
+                    name,
+                    "string" if type_ == "date" else type_,
+                    "date" if type_ == "date" else "",
+                    priority,
+                    _printer_cell(type_, path),
+                )
+                for name, type_, path, priority in resource.printer_columns
+            ),
+        )
     return COLUMNS.get(resource.plural, (NAME, AGE))
 
 
