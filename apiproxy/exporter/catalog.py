@@ -25,6 +25,7 @@ from apiproxy.metadata import (
     IngressGateway,
     MetadataFormatError,
     MulticlusterMetadata,
+    NextKey,
     PublicMetadata,
     PublicService,
     spiffe_bundle,
@@ -57,6 +58,8 @@ class Inputs:
     """Everything the documents are made of; a ``None`` value is missing, and ``missing`` says why."""
 
     authn_key_pub: str | None = None
+    #: During a key rotation: the next key, already checked against ``authn_key_pub``.
+    next_key: NextKey | None = None
     root_ca: str | None = None
     gateways: tuple[IngressGateway, ...] | None = None
     public_services: tuple[PublicService, ...] | None = None
@@ -110,7 +113,7 @@ def render(identity: Identity, inputs: Inputs) -> Catalog:
     if missing or inputs.authn_key_pub is None or inputs.root_ca is None:
         docs[PATH_PUBLIC] = Document.unavailable(missing)
     else:
-        public = PublicMetadata(identity.cluster_uuid, inputs.authn_key_pub, inputs.root_ca)
+        public = PublicMetadata(identity.cluster_uuid, inputs.authn_key_pub, inputs.root_ca, inputs.next_key)
         docs[PATH_PUBLIC] = Document.ok(public.to_json())
     if inputs.root_ca is None:
         docs[PATH_SPIFFE_BUNDLE] = Document.unavailable(_need(inputs, "rootCA"))

@@ -10,12 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from apiproxy.metadata import IngressGateway, MetadataFormatError, PublicService, ServicePort
 from apiproxy.metadata.formats import check_root_ca, deckhouse_public_key_pem, parse_ingress_gateways
 
 KEYPAIR_PUBLIC_KEY: Final = "pub.pem"
+#: Present in the keypair Secret only while a rotation is under way (``apiproxy keys rotate``).
+KEYPAIR_NEXT_PUBLIC_KEY: Final = "next-pub.pem"
+KEYPAIR_NEXT_PROOF: Final = "next-proof"
 ROOT_CA_KEY: Final = "root-cert.pem"
 ADVERTISE_KEY: Final = "ingressgateways-array.json"
 
@@ -59,6 +63,31 @@ def authn_key_from_secret(secret: Obj, key: str = KEYPAIR_PUBLIC_KEY) -> str | N
     """This cluster's token-signing public key, re-encoded as Deckhouse publishes it; None if absent."""
     raw = secret_value(secret, key)
     return None if raw is None else deckhouse_public_key_pem(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class NextKeyInput:
+    """The next key and its proof as found, not yet checked: the check needs the current key, which a
+    file source may deliver separately (:class:`~apiproxy.exporter.state.ExporterState` makes it)."""
+
+    public_pem: bytes
+    proof: bytes
+
+
+def next_key_from_secret(secret: Obj) -> NextKeyInput | None:
+    """The rotation's next key of the keypair Secret; None outside a rotation.
+
+    One of the two without the other is a broken rotation: a ``MetadataFormatError`` (nothing is
+    published for it, and the current key keeps being served).
+    """
+    public, proof = secret_value(secret, KEYPAIR_NEXT_PUBLIC_KEY), secret_value(secret, KEYPAIR_NEXT_PROOF)
+    if public is None and proof is None:
+        return None
+    if public is None or proof is None:
+        raise MetadataFormatError(
+            f"Secret {name_of(secret)} has only one of {KEYPAIR_NEXT_PUBLIC_KEY} and {KEYPAIR_NEXT_PROOF}"
+        )
+    return NextKeyInput(public, proof)
 
 
 def root_ca_from_configmap(configmap: Obj, key: str = ROOT_CA_KEY) -> str | None:

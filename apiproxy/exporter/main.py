@@ -43,6 +43,12 @@ def identity_of(settings: ExporterSettings) -> Identity:
         raise ConfigurationError(str(exc)) from exc
     if not settings.jwt_issuer:
         raise ConfigurationError("--jwt-issuer must not be empty: the token issuer is always checked")
+    if (settings.authn_next_public_key_file is None) != (settings.authn_next_proof_file is None):
+        raise ConfigurationError("--authn-next-public-key-file and --authn-next-proof-file go together")
+    if settings.authn_next_public_key_file is not None and settings.authn_public_key_file is None:
+        raise ConfigurationError(
+            "--authn-next-public-key-file needs --authn-public-key-file (the key its proof is checked with)"
+        )
     if (settings.tls_cert_file is None) != (settings.tls_private_key_file is None):
         raise ConfigurationError("--tls-cert-file and --tls-private-key-file go together")
     return Identity(

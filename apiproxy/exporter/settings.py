@@ -38,7 +38,9 @@ class ExporterSettings:
     # Kubernetes sources
     namespace: str = _opt("d8-istio", "namespace of the keypair, root CA, trust store and ingress gateway")
     kubeconfig: Path | None = _opt(None, "kubeconfig to reach the apiserver (default: in-cluster config)")
-    authn_keypair_secret: str = _opt("d8-remote-authn-keypair", "Secret holding pub.pem")
+    authn_keypair_secret: str = _opt(
+        "d8-remote-authn-keypair", "Secret holding pub.pem (and next-pub.pem, next-proof during a rotation)"
+    )
     root_ca_configmap: str = _opt("istio-ca-root-cert", "ConfigMap holding root-cert.pem")
     trust_secret: str = _opt(
         "d8-remote-clusters-public-metadata", "Secret holding the peers' remote-public-metadata.json"
@@ -57,6 +59,14 @@ class ExporterSettings:
     gateway_port_name: str = _opt("tls", "name of the gateway Service port peers connect to")
     # File sources (each replaces its Kubernetes source; re-read when it changes)
     authn_public_key_file: Path | None = _opt(None, "this cluster's token-signing public key (PEM)")
+    authn_next_public_key_file: Path | None = _opt(
+        None,
+        "a key rotation's next public key (PEM; the keypair Secret's next-pub.pem); absent file: no "
+        "rotation under way. Needs --authn-public-key-file and --authn-next-proof-file",
+    )
+    authn_next_proof_file: Path | None = _opt(
+        None, "the current key's proof for the next key (the keypair Secret's next-proof)"
+    )
     root_ca_file: Path | None = _opt(None, "this cluster's root CA (PEM)")
     trust_file: Path | None = _opt(None, "the peers' remote-public-metadata.json")
     ingress_gateways_file: Path | None = _opt(None, 'ingress gateways, [{"address", "port"}] JSON')

@@ -22,9 +22,11 @@ from apiproxy.exporter.derive import (
     ADVERTISE_KEY,
     KEYPAIR_PUBLIC_KEY,
     ROOT_CA_KEY,
+    NextKeyInput,
     advertise_from_configmap,
     authn_key_from_secret,
     name_of,
+    next_key_from_secret,
     root_ca_from_configmap,
     secret_value,
 )
@@ -33,7 +35,7 @@ from apiproxy.exporter.state import ExporterState
 from apiproxy.kubewatch import Event, ListWatchClient, WatchLoop, WatchTarget, list_then_watch, summary
 from apiproxy.metadata import MetadataFormatError, parse_ingress_gateways
 from apiproxy.metadata.formats import check_root_ca, deckhouse_public_key_pem
-from apiproxy.reload import Reloader, WatchedFile
+from apiproxy.reload import Reloader, WatchedFile, WatchedFiles
 
 log = logging.getLogger("apiproxy.exporter")
 
@@ -96,6 +98,36 @@ def _single(
     return apply
 
 
+def _keypair_apply(state: ExporterState, what: str) -> Callable[[list[Obj]], None]:
+    """Handler of the keypair Secret: the current key and, during a rotation, the next key and its proof,
+    delivered together so a promotion (new ``pub.pem``, ``next-*`` gone) is one change of ``public.json``.
+
+    An unusable ``pub.pem`` is refused whole (the last good key keeps serving); a broken next key is
+    refused alone: the current key is still published, the next one is not.
+    """
+
+    def apply(objects: list[Obj]) -> None:
+        if not objects:
+            state.set_values({"authn_key": None, "authn_next": None}, {"authn_key": f"{what} not found"})
+            return
+        try:
+            current = authn_key_from_secret(objects[0], KEYPAIR_PUBLIC_KEY)
+        except MetadataFormatError as exc:
+            state.refuse("authn_key", str(exc))
+            return
+        refused = None
+        try:
+            nxt = next_key_from_secret(objects[0])
+        except MetadataFormatError as exc:
+            nxt, refused = None, str(exc)
+        missing = {"authn_key": f"{what} has no key {KEYPAIR_PUBLIC_KEY}"}
+        state.set_values({"authn_key": current, "authn_next": nxt}, missing)
+        if refused is not None:
+            state.refuse("authn_next", refused)
+
+    return apply
+
+
 def _trust_apply(state: ExporterState, what: str) -> Callable[[list[Obj]], None]:
     def apply(objects: list[Obj]) -> None:
         try:
@@ -119,7 +151,7 @@ def kubernetes_sources(settings: ExporterSettings, state: ExporterState) -> list
             Watched(
                 "authn_key",
                 WatchTarget("secrets", ns, name=settings.authn_keypair_secret),
-                _single(state, "authn_key", what, KEYPAIR_PUBLIC_KEY, authn_key_from_secret),
+                _keypair_apply(state, what),
             )
         )
     if settings.root_ca_file is None:
@@ -220,6 +252,45 @@ def file_sources(settings: ExporterSettings) -> list[tuple[str, Path, Callable[[
     return [(source, path, parse) for source, path, parse in files if path is not None]
 
 
+def read_next_key(public: Path, proof: Path) -> NextKeyInput | None:
+    """The next key and proof files: both absent is no rotation under way, one alone is an error."""
+    contents: list[bytes | None] = []
+    for path in (public, proof):
+        try:
+            contents.append(path.read_bytes())
+        except FileNotFoundError:
+            contents.append(None)
+    pub, sig = contents
+    if pub is None and sig is None:
+        return None
+    if pub is None or sig is None:
+        raise ValueError(f"only one of {public} and {proof} exists")
+    return NextKeyInput(pub, sig)
+
+
+def _watch_next_key(settings: ExporterSettings, state: ExporterState, reloader: Reloader) -> None:
+    public, proof = settings.authn_next_public_key_file, settings.authn_next_proof_file
+    if public is None or proof is None:
+        return
+
+    def load() -> None:
+        state.set_value("authn_next", read_next_key(public, proof))
+
+    watched = WatchedFiles("rotation's next key", [public, proof], load)
+
+    def result(name: str, error: str | None) -> None:
+        if error is not None:
+            state.refuse("authn_next", error)
+
+    watched.on_result = result
+    try:
+        load()
+    except (OSError, ValueError) as exc:
+        state.set_value("authn_next", None)  # the current key is still published: ready without the next
+        state.refuse("authn_next", f"rotation's next key: {exc}")
+    reloader.add(watched)
+
+
 def watch_files(
     settings: ExporterSettings, state: ExporterState, reloader: Reloader
 ) -> list[WatchedFile[Any]]:
@@ -243,15 +314,18 @@ def watch_files(
             deliver()
         reloader.add(watched, deliver)
         out.append(watched)
+    _watch_next_key(settings, state, reloader)
     return out
 
 
 def source_names(settings: ExporterSettings) -> list[str]:
     """Every source these settings use, files and watches alike (readiness waits for all of them)."""
     names = [source for source, _, _ in file_sources(settings)]
+    if settings.authn_next_public_key_file is not None:
+        names.append("authn_next")
     kube = []
     if settings.authn_public_key_file is None:
-        kube.append("authn_key")
+        kube += ["authn_key", "authn_next"]
     if settings.root_ca_file is None:
         kube.append("root_ca")
     if settings.trust_file is None:

@@ -17,14 +17,22 @@ from typing import Any
 
 from apiproxy.auth import DEFAULT_MAX_LIFETIME, TokenVerifier, TrustStore
 from apiproxy.exporter.catalog import DOCUMENTS, Catalog, Identity, Inputs, render
-from apiproxy.exporter.derive import gateways_from_cluster, public_services
+from apiproxy.exporter.derive import NextKeyInput, gateways_from_cluster, public_services
 from apiproxy.exporter.metrics import ExporterMetrics
-from apiproxy.metadata import IngressGateway
+from apiproxy.metadata import (
+    FIELD_NEXT_KEY,
+    IngressGateway,
+    MetadataFormatError,
+    NextKey,
+    NextKeyError,
+    check_next_key,
+    deckhouse_public_key_pem,
+)
 
 log = logging.getLogger("apiproxy.exporter")
 
 #: Sources whose value is one object (or None when the object or its key is absent).
-VALUE_SOURCES = ("authn_key", "root_ca", "advertise", "ingress_gateways_file")
+VALUE_SOURCES = ("authn_key", "authn_next", "root_ca", "advertise", "ingress_gateways_file")
 #: Sources whose value is a list of Kubernetes objects.
 LIST_SOURCES = ("gateway_services", "gateway_pods", "nodes", "public_services")
 _DISCOVERY = ("advertise", "gateway_services", "gateway_pods", "nodes")
@@ -94,13 +102,21 @@ class ExporterState:
 
     def set_value(self, source: str, value: Any, missing: str | None = None) -> None:
         """A new value of a one-object source; ``None`` with ``missing`` saying why (e.g. not found)."""
+        self.set_values({source: value}, {source: missing} if missing else None)
+
+    def set_values(self, values: Mapping[str, Any], missing: Mapping[str, str] | None = None) -> None:
+        """Several sources read from one object (the keypair Secret's current and next key), swapped
+        together and rendered once: a half-applied promotion would publish a key with a proof that no
+        longer matches it."""
         with self._lock:
-            self._values[source] = value
-            if value is None and missing:
-                self._missing[source] = missing
-            else:
-                self._missing.pop(source, None)
-            self._loaded_locked(source)
+            for source, value in values.items():
+                self._values[source] = value
+                reason = (missing or {}).get(source)
+                if value is None and reason:
+                    self._missing[source] = reason
+                else:
+                    self._missing.pop(source, None)
+                self._loaded_locked(source)
             self._rebuild_locked()
 
     def set_objects(self, source: str, objects: Iterable[Mapping[str, Any]]) -> None:
@@ -176,18 +192,44 @@ class ExporterState:
             # Why a value is still missing; a refused update behind a good value changes nothing.
             if source in self._errors and name not in missing and self._values.get(source) is None:
                 missing[name] = self._errors[source]
+        next_key, refused = self._next_key()
+        if refused is not None:
+            missing[FIELD_NEXT_KEY] = refused
         return Inputs(
             authn_key_pub=self._values.get("authn_key"),
+            next_key=next_key,
             root_ca=self._values.get("root_ca"),
             gateways=self._gateways(),
             public_services=services,
             missing=missing,
         )
 
+    def _next_key(self) -> tuple[NextKey | None, str | None]:
+        """The rotation's next key to publish, checked against the current one, or why it is refused."""
+        raw: NextKeyInput | None = self._values.get("authn_next")
+        current: str | None = self._values.get("authn_key")
+        if raw is None or current is None:
+            return None, None
+        try:
+            return check_next_key(current, raw.public_pem, raw.proof), None
+        except NextKeyError as exc:
+            try:
+                if deckhouse_public_key_pem(raw.public_pem) == current:
+                    # A promotion seen half-way (a file source): the next key is already the current one.
+                    return None, None
+            except MetadataFormatError:
+                pass
+            return None, f"not published: {exc}"
+
     def _rebuild_locked(self) -> None:
         inputs = self._inputs()
         if inputs == self.catalog.inputs:
             return
+        refused = inputs.missing.get(FIELD_NEXT_KEY)
+        if refused is not None and refused != self.catalog.inputs.missing.get(FIELD_NEXT_KEY):
+            self.metrics.source_errors.labels("authn_next").inc()
+            log.error("refused the rotation's next key: %s", refused)
+        self.metrics.next_key_published.set(inputs.next_key is not None)
         self.catalog = render(self.identity, inputs)
         self.metrics.renders.inc()
         self.metrics.gateways.set(len(inputs.gateways or ()))

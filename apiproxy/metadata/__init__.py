@@ -27,10 +27,21 @@ from apiproxy.metadata.formats import (
     parse_multicluster,
     parse_public,
 )
+from apiproxy.metadata.nextkey import (
+    FIELD_NEXT_KEY,
+    FIELD_NEXT_PROOF,
+    NextKey,
+    NextKeyError,
+    check_next_key,
+    make_proof,
+    verify_proof,
+)
 from apiproxy.metadata.spiffe import parse_spiffe_bundle, spiffe_bundle
 
 __all__ = [
     "DEFAULT_CLUSTER_DOMAIN",
+    "FIELD_NEXT_KEY",
+    "FIELD_NEXT_PROOF",
     "PATH_FEDERATION",
     "PATH_MULTICLUSTER",
     "PATH_PUBLIC",
@@ -42,10 +53,14 @@ __all__ = [
     "IngressGateway",
     "MetadataFormatError",
     "MulticlusterMetadata",
+    "NextKey",
+    "NextKeyError",
     "PublicMetadata",
     "PublicService",
     "ServicePort",
+    "check_next_key",
     "deckhouse_public_key_pem",
+    "make_proof",
     "network_name",
     "parse_federation",
     "parse_ingress_gateways",
@@ -53,4 +68,5 @@ __all__ = [
     "parse_public",
     "parse_spiffe_bundle",
     "spiffe_bundle",
+    "verify_proof",
 ]

@@ -2,7 +2,8 @@
 
 Documents (field names and nesting exactly as Deckhouse's exporter writes them):
 
-* ``public.json``: ``{"clusterUUID", "authnKeyPub", "rootCA"}``;
+* ``public.json``: ``{"clusterUUID", "authnKeyPub", "rootCA"}``, and during one of our key rotations
+  ``authnKeyPubNext`` and ``authnKeyPubNextProof`` after them (:mod:`apiproxy.metadata.nextkey`);
 * ``multicluster.json``: ``{"clusterID", "apiHost", "networkName",
   "ingressGateways": [{"address", "port"}]}``;
 * ``federation.json``: ``{"ingressGateways": [...], "publicServices": [{"hostname", "ports": [{"name",
@@ -28,6 +29,7 @@ from cryptography import x509
 from apiproxy.auth.errors import KeyFormatError
 from apiproxy.auth.keys import load_public_key, public_key_pem
 from apiproxy.jsonutil import no_duplicate_keys
+from apiproxy.metadata.nextkey import NextKey
 
 PATH_PUBLIC: Final = "/metadata/public/public.json"
 PATH_SPIFFE_BUNDLE: Final = "/metadata/public/spiffe-bundle-endpoint"
@@ -184,9 +186,14 @@ class PublicMetadata:
     cluster_uuid: str
     authn_key_pub: str
     root_ca: str
+    #: Published only while a rotation is under way; Deckhouse's three members stay first and unchanged.
+    next_key: NextKey | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"clusterUUID": self.cluster_uuid, "authnKeyPub": self.authn_key_pub, "rootCA": self.root_ca}
+        doc = {"clusterUUID": self.cluster_uuid, "authnKeyPub": self.authn_key_pub, "rootCA": self.root_ca}
+        if self.next_key is not None:
+            doc.update(self.next_key.to_json())
+        return doc
 
 
 @dataclass(frozen=True, slots=True)

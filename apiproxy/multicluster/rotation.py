@@ -23,42 +23,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from apiproxy.auth.errors import KeyFormatError
-from apiproxy.auth.keys import PrivateKey, b64url_decode, b64url_encode, load_private_key, load_public_key
+from apiproxy.auth.keys import PrivateKey, load_private_key, public_key_pem
+from apiproxy.metadata.nextkey import check_next_key
+from apiproxy.metadata.nextkey import make_proof as make_proof  # one implementation, kept importable here
+from apiproxy.metadata.nextkey import verify_proof as verify_proof
 from apiproxy.multicluster.keypair import ROTATION_ANNOTATION, keypair_data, private_key_pem
 
 STARTED_ANNOTATION: Final = ROTATION_ANNOTATION
-_CONTEXT: Final = b"apiproxy key rotation\x00"
+#: Keys of the keypair Secret during a rotation (the exporter publishes the last two).
+NEXT_PRIVATE_KEY: Final = "next-priv.pem"
+NEXT_PUBLIC_KEY: Final = "next-pub.pem"
+NEXT_PROOF: Final = "next-proof"
 
 STEADY, PUBLISHING, SWITCHED, DONE = "steady", "publishing", "switched", "done"
-
-
-def _spki(key: ed25519.Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def make_proof(current: ed25519.Ed25519PrivateKey, next_public: ed25519.Ed25519PublicKey) -> str:
-    return b64url_encode(current.sign(_CONTEXT + _spki(next_public)))
-
-
-def verify_proof(current_pem: str, next_pem: str, proof: str) -> bool:
-    """True when ``proof`` is ``current``'s signature over ``next``; anything malformed is False."""
-    try:
-        current, nxt = load_public_key(current_pem), load_public_key(next_pem)
-        signature = b64url_decode(proof)
-    except (KeyFormatError, ValueError):
-        return False
-    if not isinstance(current, ed25519.Ed25519PublicKey) or not isinstance(nxt, ed25519.Ed25519PublicKey):
-        return False
-    try:
-        current.verify(signature, _CONTEXT + _spki(nxt))
-    except InvalidSignature:
-        return False
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +50,7 @@ class Keyring:
     @classmethod
     def from_secret(cls, data: Mapping[str, bytes], annotations: Mapping[str, str] | None) -> Keyring:
         current = _ed25519(data["priv.pem"])
-        nxt = _ed25519(data["next-priv.pem"]) if "next-priv.pem" in data else None
+        nxt = _ed25519(data[NEXT_PRIVATE_KEY]) if NEXT_PRIVATE_KEY in data else None
         started = None
         raw = (annotations or {}).get(STARTED_ANNOTATION)
         if nxt is not None and raw:
@@ -95,9 +75,9 @@ class Keyring:
     def secret_data(self) -> dict[str, bytes]:
         data = keypair_data(self.current)
         if self.next is not None:
-            data["next-priv.pem"] = private_key_pem(self.next)
-            data["next-pub.pem"] = keypair_data(self.next)["pub.pem"]
-            data["next-proof"] = make_proof(self.current, self.next.public_key()).encode("ascii")
+            data[NEXT_PRIVATE_KEY] = private_key_pem(self.next)
+            data[NEXT_PUBLIC_KEY] = keypair_data(self.next)["pub.pem"]
+            data[NEXT_PROOF] = make_proof(self.current, self.next.public_key()).encode("ascii")
         return data
 
     def promoted(self) -> Keyring:
@@ -125,11 +105,13 @@ def start(keyring: Keyring, now: float) -> Keyring:
 
 
 def proof_pem_fields(keyring: Keyring) -> dict[str, str]:
-    """What the exporter adds to ``public.json`` during a rotation (absent outside one)."""
+    """The members the exporter adds to ``public.json`` for this keyring (none outside a rotation).
+
+    The exporter builds the same members from the Secret's ``next-pub.pem`` and ``next-proof`` with
+    :func:`apiproxy.metadata.check_next_key`; this is that function applied to the keyring itself.
+    """
     if keyring.next is None:
         return {}
     data = keyring.secret_data()
-    return {
-        "authnKeyPubNext": data["next-pub.pem"].decode("ascii"),
-        "authnKeyPubNextProof": data["next-proof"].decode("ascii"),
-    }
+    current = public_key_pem(keyring.current.public_key(), deckhouse=True)
+    return check_next_key(current, data[NEXT_PUBLIC_KEY], data[NEXT_PROOF]).to_json()
