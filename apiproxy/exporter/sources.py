@@ -9,6 +9,7 @@ polled by :class:`~apiproxy.reload.Reloader` like the proxy's, and parsed the sa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -269,14 +270,27 @@ def read_next_key(public: Path, proof: Path) -> NextKeyInput | None:
 
 
 def _watch_next_key(settings: ExporterSettings, state: ExporterState, reloader: Reloader) -> None:
+    """The next key files, read with the current key file and delivered together with it.
+
+    A promotion replaces ``pub.pem`` and removes the ``next-*`` files at once (a mounted Secret swaps
+    them in one rename). Reading the next key first and the current key second, a swap between the
+    reads gives the new current key with the old next key, which the state recognises as a promotion;
+    the other order could publish the old key without its next one, and a peer fetching then would
+    forget the next key it is about to need.
+    """
     public, proof = settings.authn_next_public_key_file, settings.authn_next_proof_file
-    if public is None or proof is None:
+    current_file = settings.authn_public_key_file
+    if public is None or proof is None or current_file is None:
         return
 
     def load() -> None:
-        state.set_value("authn_next", read_next_key(public, proof))
+        values: dict[str, Any] = {"authn_next": read_next_key(public, proof)}
+        # A broken current key file is reported by its own source, which keeps its last good value.
+        with contextlib.suppress(OSError, MetadataFormatError):
+            values["authn_key"] = deckhouse_public_key_pem(current_file.read_bytes())
+        state.set_values(values)
 
-    watched = WatchedFiles("rotation's next key", [public, proof], load)
+    watched = WatchedFiles("rotation's next key", [public, proof, current_file], load)
 
     def result(name: str, error: str | None) -> None:
         if error is not None:

@@ -224,7 +224,7 @@ async def test_a_forged_or_half_next_key_in_the_secret_is_refused_and_the_curren
 # --- from files -------------------------------------------------------------------------------------------
 
 
-async def test_next_key_files_absent_present_and_gone(
+async def test_next_key_files_absent_present_and_promoted(
     start: Start, source_files: dict[str, Path], http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     next_pub, next_proof = tmp_path / "next-pub.pem", tmp_path / "next-proof"
@@ -248,9 +248,19 @@ async def test_next_key_files_absent_present_and_gone(
         return bool(json.loads((await fetch_public(http, exporter))[0]).get("authnKeyPubNext") == pem(nxt))
 
     await eventually(published)
+    # Promotion, file by file as a careless operator would do it: the new current key first.
+    staged = tmp_path / "pub.new"
+    staged.write_text(pem(nxt))
+    staged.replace(source_files["authn_public_key_file"])
     next_pub.unlink()
     next_proof.unlink()
-    await eventually(lambda: fetch_public_is(http, exporter, steady))
+
+    async def promoted() -> bool:
+        doc = json.loads((await fetch_public(http, exporter))[0])
+        return bool(doc["authnKeyPub"] == pem(nxt) and "authnKeyPubNext" not in doc)
+
+    await eventually(promoted)
+    assert errors(exporter.metrics) == 0, "a promotion is not a refused next key"
 
 
 def test_next_key_file_flags_go_together() -> None:
