@@ -71,11 +71,6 @@ class ExporterMetrics:
         self.renders = Counter(
             "apiproxy_exporter_renders", "Times the documents were rebuilt after an input changed", registry=r
         )
-        self.next_key_published = Gauge(
-            "apiproxy_exporter_next_key_published",
-            "1 while public.json carries a key rotation's next key and its proof",
-            registry=r,
-        )
         self.gateways = Gauge(
             "apiproxy_exporter_ingress_gateways", "Ingress gateways published to peers", registry=r
         )

@@ -229,7 +229,6 @@ class ExporterState:
         if refused is not None and refused != self.catalog.inputs.missing.get(FIELD_NEXT_KEY):
             self.metrics.source_errors.labels("authn_next").inc()
             log.error("refused the rotation's next key: %s", refused)
-        self.metrics.next_key_published.set(inputs.next_key is not None)
         self.catalog = render(self.identity, inputs)
         self.metrics.renders.inc()
         self.metrics.gateways.set(len(inputs.gateways or ()))
