@@ -15,11 +15,12 @@ from typing import Any, Final
 
 from apiproxy.metadata import IngressGateway, MetadataFormatError, PublicService, ServicePort
 from apiproxy.metadata.formats import check_root_ca, deckhouse_public_key_pem, parse_ingress_gateways
+from apiproxy.metadata.nextkey import KEYPAIR_ENTRY_NEXT_PROOF, KEYPAIR_ENTRY_NEXT_PUBLIC
 
 KEYPAIR_PUBLIC_KEY: Final = "pub.pem"
 #: Present in the keypair Secret only while a rotation is under way (``apiproxy keys rotate``).
-KEYPAIR_NEXT_PUBLIC_KEY: Final = "next-pub.pem"
-KEYPAIR_NEXT_PROOF: Final = "next-proof"
+KEYPAIR_NEXT_PUBLIC_KEY: Final = KEYPAIR_ENTRY_NEXT_PUBLIC
+KEYPAIR_NEXT_PROOF: Final = KEYPAIR_ENTRY_NEXT_PROOF
 ROOT_CA_KEY: Final = "root-cert.pem"
 ADVERTISE_KEY: Final = "ingressgateways-array.json"
 

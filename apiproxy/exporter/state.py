@@ -8,6 +8,7 @@ waits for a writer and never sees half an update.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -219,7 +220,9 @@ class ExporterState:
                     return None, None
             except MetadataFormatError:
                 pass
-            return None, f"not published: {exc}"
+            # A fingerprint, never key bytes: two different refused keys are two log lines and counts.
+            fingerprint = hashlib.sha256(raw.public_pem).hexdigest()[:16]
+            return None, f"next key sha256:{fingerprint} not published: {exc}"
 
     def _rebuild_locked(self) -> None:
         inputs = self._inputs()

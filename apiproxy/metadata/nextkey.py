@@ -23,6 +23,10 @@ from apiproxy.auth.keys import b64url_decode, b64url_encode, load_public_key, pu
 
 FIELD_NEXT_KEY: Final = "authnKeyPubNext"
 FIELD_NEXT_PROOF: Final = "authnKeyPubNextProof"
+#: Where the pair is kept during a rotation: keys of the keypair Secret (``d8-remote-authn-keypair``),
+#: written by ``apiproxy keys rotate``, read by the exporter.
+KEYPAIR_ENTRY_NEXT_PUBLIC: Final = "next-pub.pem"
+KEYPAIR_ENTRY_NEXT_PROOF: Final = "next-proof"
 _CONTEXT: Final = b"apiproxy key rotation\x00"
 
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from apiproxy.auth.errors import KeyFormatError
 from apiproxy.auth.keys import PrivateKey, load_private_key, public_key_pem
-from apiproxy.metadata.nextkey import check_next_key
+from apiproxy.metadata.nextkey import KEYPAIR_ENTRY_NEXT_PROOF, KEYPAIR_ENTRY_NEXT_PUBLIC, check_next_key
 from apiproxy.metadata.nextkey import make_proof as make_proof  # one implementation, kept importable here
 from apiproxy.metadata.nextkey import verify_proof as verify_proof
 from apiproxy.multicluster.keypair import ROTATION_ANNOTATION, keypair_data, private_key_pem
@@ -35,8 +35,8 @@ from apiproxy.multicluster.keypair import ROTATION_ANNOTATION, keypair_data, pri
 STARTED_ANNOTATION: Final = ROTATION_ANNOTATION
 #: Keys of the keypair Secret during a rotation (the exporter publishes the last two).
 NEXT_PRIVATE_KEY: Final = "next-priv.pem"
-NEXT_PUBLIC_KEY: Final = "next-pub.pem"
-NEXT_PROOF: Final = "next-proof"
+NEXT_PUBLIC_KEY: Final = KEYPAIR_ENTRY_NEXT_PUBLIC
+NEXT_PROOF: Final = KEYPAIR_ENTRY_NEXT_PROOF
 
 STEADY, PUBLISHING, SWITCHED, DONE = "steady", "publishing", "switched", "done"
 
