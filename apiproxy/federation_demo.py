@@ -270,6 +270,7 @@ class Tour:
     async def step(self, title: str, notice: str, action: Callable[[], Awaitable[str]]) -> bool:
         self.say(f"\n── {title}")
         self.say(f"   notice: {notice}")
+        started = time.monotonic()
         try:
             detail = await action()
             self.east.running()
@@ -282,7 +283,7 @@ class Tour:
             return False
         for line in detail.rstrip().splitlines():
             self.say(f"   {line}")
-        self.say("   ✓ as expected")
+        self.say(f"   ✓ as expected ({time.monotonic() - started:.1f}s)")
         return True
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -548,6 +549,10 @@ async def federation_tour(workdir: Path, once: bool) -> int:
     try:
         say("apiproxy demo: two clusters, east and west, federate by themselves on loopback")
         await asyncio.gather(east.start(), west.start())
+        say(f"   apiservers, proxies up; exporters, controllers started in {time.monotonic() - began:.1f}s")
+        say(
+            "   (each proxy mounts its cluster's trust Secret as a file; the demo copies it as kubelet would)"
+        )
         for c in (east, west):
             assert c.box.simulator is not None
             say(f"   {c.name}: cluster UUID {c.uuid}, cluster domain {DEFAULT_CLUSTER_DOMAIN}")
