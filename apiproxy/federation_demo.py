@@ -1,12 +1,12 @@
 """``apiproxy demo``: two clusters, *east* and *west*, federate by themselves on loopback.
 
-Each cluster is what a real one runs: a (simulated) kube-apiserver serving the IstioMulticluster CRD, the
-proxy in front of it, ``apiproxy exporter`` and ``apiproxy multicluster`` as their own processes talking
-to that apiserver. Each has its own Istio root CA, and its controller generates its own signing keypair;
-both use the same cluster domain. The tour creates one IstioMulticluster on each side and shows what a
-newcomer should notice at every step: how the conditions turn Ready, what the controller wrote, that
-east's istiod kubeconfig reads west through west's proxy and nothing else, and that deleting the resource
-revokes access within seconds.
+Each cluster is what a real one runs: a kube-apiserver (simulated, in this process) serving the
+IstioMulticluster CRD, and the three parts of the kit as their own processes: ``apiproxy serve`` in front
+of it, ``apiproxy exporter`` and ``apiproxy multicluster`` talking to it. Each cluster has its own Istio
+root CA, its controller generates its own signing keypair, and both use the same cluster domain. The tour
+creates one IstioMulticluster on each side and shows what a newcomer should notice at every step: how
+the conditions turn Ready, what the controller wrote, that east's istiod kubeconfig reads west through
+west's proxy and nothing else, and that deleting the resource revokes access within seconds.
 
 The proxy reads its trust store from a file, as a pod reads the mounted trust Secret; the demo plays the
 kubelet and copies the Secret into the file whenever the controller changes it.
@@ -39,6 +39,7 @@ from apiproxy.metadata import DEFAULT_CLUSTER_DOMAIN
 from apiproxy.multicluster import model
 from apiproxy.multicluster.identity import fingerprint
 from apiproxy.sandbox import Sandbox
+from apiproxy.simulator import Simulator, seed_mesh
 
 KUBECTL = shutil.which("kubectl")
 CRD_FILE = Path(__file__).resolve().parent.parent / "deploy" / "multicluster" / "crd.yaml"
@@ -46,6 +47,8 @@ NAMESPACE = "d8-istio"
 CONDITIONS = ("PublicMetadataExchangeReady", "PrivateMetadataExchangeReady", "RemoteAPIServerReady", "Ready")
 #: How long each wait of the tour may take before its step fails (the whole tour takes seconds).
 WAIT = 45.0
+#: Six Python processes start together; on a loaded machine their imports alone take many seconds.
+STARTUP_WAIT = 120.0
 #: Revocation must reach the peer's proxy within this many seconds for the step to pass.
 REVOCATION_BUDGET = 10.0
 
@@ -82,13 +85,14 @@ def decoded(secret: dict[str, Any] | None, key: str) -> bytes | None:
 
 @dataclass
 class Cluster:
-    """One side of the federation: apiserver + proxy in this process, exporter and controller as processes."""
+    """One side of the federation: its apiserver in this process; proxy, exporter, controller as processes."""
 
     name: str
     workdir: Path
     box: Sandbox = field(init=False)
     processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     exporter_port: int = 0
+    proxy_port: int = 0
     admin_kubeconfig: Path = field(init=False)
     _mount: asyncio.Task[None] | None = None
 
@@ -128,9 +132,10 @@ class Cluster:
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.box.start()
-        sim = self.box.simulator
-        assert sim is not None
+        self.box.upstream = None
+        sim = self.box.simulator = Simulator(tokens={self.box.upstream_token})
+        seed_mesh(sim.store, **self.box.seed)
+        await sim.start(host="127.0.0.1", port=0, ssl_context=self.box.upstream_server_ssl())
         sim.add_crd(yaml.safe_load(CRD_FILE.read_text()))
         self.box.trust_file.write_text("{}")  # no peer yet; the controller's Secret replaces it
         if self.store.get("namespaces", None, NAMESPACE) is None:
@@ -163,6 +168,7 @@ class Cluster:
             )
         )
         self._mount = asyncio.create_task(self._mount_trust_secret())
+        await self._start_proxy()
         await self._start_controller()
         await self._start_exporter()
 
@@ -172,6 +178,49 @@ class Cluster:
             sys.executable, "-m", "apiproxy", *args, stdout=log, stderr=log
         )
         log.close()
+
+    async def _start_proxy(self) -> None:
+        """``apiproxy serve`` in front of the simulated apiserver, reading the mounted trust store."""
+        assert self.box.simulator is not None
+        self.proxy_port = free_port()
+        config = self.workdir / "proxy.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "listen": f"127.0.0.1:{self.proxy_port}",
+                    "tls-cert-file": str(self.box.serving.cert_file),
+                    "tls-private-key-file": str(self.box.serving.key_file),
+                    "upstream": self.box.simulator.url,
+                    "upstream-ca-file": str(self.box.upstream_tls.ca_file),
+                    "upstream-token-file": str(self.box.upstream_token_file),
+                    "cluster-uuid": self.uuid,
+                    "trust-file": str(self.box.trust_file),
+                    "policy": str(self.box.policy),
+                    "reload-interval": "100ms",
+                    "metrics-listen": "",
+                    "audit-log": str(self.box.audit_file),
+                    "shutdown-delay": "0s",
+                    "log-level": "warning",
+                }
+            )
+        )
+        await self._spawn("proxy", "serve", "--config", str(config))
+
+    async def proxy_refuses_anonymous(self) -> bool:
+        """Up, and denying by default: a request without a token is a 401 (False while not listening)."""
+        self.running()
+        try:
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.box.client_ssl())) as s,
+                s.get(self.proxy_url + "/api") as resp,
+            ):
+                return resp.status == 401
+        except aiohttp.ClientError:
+            return False
+
+    @property
+    def proxy_url(self) -> str:
+        return f"https://127.0.0.1:{self.proxy_port}"
 
     async def _start_controller(self) -> None:
         config = self.workdir / "multicluster.yaml"
@@ -193,7 +242,6 @@ class Cluster:
         await self._spawn("controller", "multicluster", "--config", str(config))
 
     async def _start_exporter(self) -> None:
-        assert self.box.proxy is not None
         serving = write_serving_bundle(
             self.workdir / "exporter", "exporter", ca=self.box.proxy_ca, names=["127.0.0.1"]
         )
@@ -203,7 +251,7 @@ class Cluster:
             yaml.safe_dump(
                 {
                     "cluster-uuid": self.uuid,
-                    "api-host": f"127.0.0.1:{self.box.proxy.port}",
+                    "api-host": f"127.0.0.1:{self.proxy_port}",
                     "namespace": NAMESPACE,
                     "kubeconfig": str(self.admin_kubeconfig),
                     "tls-cert-file": str(serving.cert_file),
@@ -309,7 +357,7 @@ class Tour:
         )
 
     async def west_get(self, path: str, token: str) -> tuple[int, Any]:
-        async with self.session(token) as s, s.get(self.west.box.proxy_url + path) as resp:
+        async with self.session(token) as s, s.get(self.west.proxy_url + path) as resp:
             return resp.status, await resp.json(content_type=None)
 
     async def kubectl(self, kubeconfig: Path, *args: str) -> tuple[int, str]:
@@ -420,7 +468,7 @@ class Tour:
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         path = f"/api/v1/namespaces/{ns}/pods?watch=true&fieldSelector=metadata.name%3D{name}"
         self.watch_session = self.session(self.east_token())
-        self.watch = await self.watch_session.get(self.west.box.proxy_url + path)
+        self.watch = await self.watch_session.get(self.west.proxy_url + path)
         if self.watch.status != 200:
             raise StepFailed(f"watch: HTTP {self.watch.status}")
         first = json.loads(await asyncio.wait_for(self.watch.content.readline(), 10))
@@ -433,7 +481,6 @@ class Tour:
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
             lines.append(f"$ kubectl get pod {name} -n {ns} --watch-only -o custom-columns=...")
-            await asyncio.sleep(0)  # let kubectl start its watch before the change (it lists first)
         await self._change_pod_until_seen(pod, lines)
         return "\n".join(lines)
 
@@ -450,16 +497,18 @@ class Tour:
             version += 1
             pod["metadata"].setdefault("labels", {})["demo"] = f"changed-{version}"
             pod = self.west.store.update(pod)
+            lines.append(f"   (in west's apiserver, the pod's label becomes demo=changed-{version})")
             if not seen_http:
                 event = json.loads(await asyncio.wait_for(self.watch.content.readline(), 10))
                 labels = event["object"]["metadata"].get("labels") or {}
-                lines.append(f"   (west's apiserver: the pod's label demo={labels.get('demo')})")
                 lines.append(f"← {event['type']} demo={labels.get('demo')}")
                 seen_http = event["type"] == "MODIFIED"
             if self.kubectl_watch is not None and not seen_kubectl:
                 assert self.kubectl_watch.stdout is not None
                 with contextlib.suppress(TimeoutError):
                     line = await asyncio.wait_for(self.kubectl_watch.stdout.readline(), 1.0)
+                    if not line:
+                        raise StepFailed(f"kubectl's watch ended (exit {await self.kubectl_watch.wait()})")
                     if line.strip():
                         lines.append(f"kubectl ← {line.decode().strip()}")
                         seen_kubectl = True
@@ -556,13 +605,13 @@ async def federation_tour(workdir: Path, once: bool) -> int:
         for c in (east, west):
             assert c.box.simulator is not None
             say(f"   {c.name}: cluster UUID {c.uuid}, cluster domain {DEFAULT_CLUSTER_DOMAIN}")
-            say(f"      apiserver (simulated) {c.box.simulator.url}   proxy {c.box.proxy_url}")
-            say(
-                f"      exporter {c.endpoint}   "
-                f"controller: apiproxy multicluster (pid {c.processes['controller'].pid})"
-            )
+            say(f"      apiserver (simulated) {c.box.simulator.url}")
+            pids = {what: proc.pid for what, proc in c.processes.items()}
+            say(f"      apiproxy serve         {c.proxy_url}   (pid {pids['proxy']})")
+            say(f"      apiproxy exporter      {c.endpoint}   (pid {pids['exporter']})")
+            say(f"      apiproxy multicluster  (pid {pids['controller']})   logs: {c.workdir}/*.log")
         await tour.step(
-            "0. Each controller generates its cluster's signing keypair; each exporter publishes it",
+            "0. The parts come up; each controller generates its keypair, each exporter publishes it",
             "no key copied by hand: the keypair Secret is the controller's, public.json the exporter's",
             lambda: _keys_published(east, west),
         )
@@ -627,7 +676,11 @@ async def federation_tour(workdir: Path, once: bool) -> int:
 async def _keys_published(east: Cluster, west: Cluster) -> str:
     lines = []
     for c in (east, west):
-        secret = await wait_for(partial(c.secret, model.KEYPAIR_SECRET), f"{c.name}'s keypair Secret")
+        await wait_for(c.proxy_refuses_anonymous, f"{c.name}'s proxy to answer", STARTUP_WAIT)
+        lines.append(f"[{c.name}] GET {c.proxy_url}/api without a token → 401 (deny by default)")
+        secret = await wait_for(
+            partial(c.secret, model.KEYPAIR_SECRET), f"{c.name}'s keypair Secret", STARTUP_WAIT
+        )
         pub = (decoded(secret, "pub.pem") or b"").decode()
 
         async def public(c: Cluster = c) -> dict[str, Any] | None:
@@ -645,7 +698,7 @@ async def _keys_published(east: Cluster, west: Cluster) -> str:
             except aiohttp.ClientError:
                 return None
 
-        doc = await wait_for(public, f"{c.name}'s exporter to serve public.json")
+        doc = await wait_for(public, f"{c.name}'s exporter to serve public.json", STARTUP_WAIT)
         if fingerprint(doc["authnKeyPub"]) != fingerprint(pub) or doc["clusterUUID"] != c.uuid:
             raise StepFailed(f"{c.name}'s exporter publishes another key or UUID")
         lines.append(f"[{c.name}] Secret {NAMESPACE}/{model.KEYPAIR_SECRET}: key {fingerprint(pub)[:23]}…")

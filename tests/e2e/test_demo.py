@@ -14,7 +14,7 @@ def run_demo(workdir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "apiproxy", "demo", "--once", "--workdir", str(workdir), *flags],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=420,
         check=False,
     )
 
@@ -36,6 +36,10 @@ def test_federation_demo_tells_the_whole_story_and_exits_0(
     assert out.count("✓ as expected") == 7, out
     for step in range(7):
         assert f"\n── {step}. " in out, f"step {step} is printed"
+    # each side runs the three parts as processes; each proxy denies by default before anyone is trusted
+    for command in ("apiproxy serve", "apiproxy exporter", "apiproxy multicluster"):
+        assert len(re.findall(rf"{command} .*\(pid \d+\)", out)) == 2, command
+    assert out.count("without a token → 401") == 2
     # both sides' conditions are printed as they change, ending Ready on each side
     for side, peer in (("east", "west"), ("west", "east")):
         assert f"[{side}] {peer}: Ready=True (Established)" in out
