@@ -177,3 +177,18 @@ def test_proxy_ingress_passes_tls_through_to_the_proxy() -> None:
     ingress = yaml.safe_load((DEPLOY / "examples" / "apiproxy-ingress.yaml").read_text())
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
     assert "tls" not in ingress["spec"]
+
+
+def test_controller_is_scraped_and_its_alerts_are_the_unit_tested_rules(target: str) -> None:
+    docs = rendered(target)
+    name = "apiproxy-multicluster"
+    service = one(docs, "Service", name)
+    assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(docs, name))
+    (port,) = service["spec"]["ports"]
+    container_ports = {p["name"] for p in container(docs, name)["ports"]}
+    assert port["name"] == "metrics" and port["targetPort"] in container_ports
+    monitor = one(docs, "ServiceMonitor", name)
+    assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    rules = yaml.safe_load((DEPLOY / "observability" / "multicluster.rules.yaml").read_text())
+    assert one(docs, "PrometheusRule", name)["spec"]["groups"] == rules["groups"]
