@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib.util
 import json
 import shutil
 import signal
@@ -33,6 +34,7 @@ import aiohttp
 import jwt
 import yaml
 
+from apiproxy.auth.keys import load_public_key
 from apiproxy.certs import write_serving_bundle
 from apiproxy.kubeconfig import render_kubeconfig
 from apiproxy.metadata import DEFAULT_CLUSTER_DOMAIN
@@ -234,6 +236,9 @@ class Cluster:
                     "retry-base": "200ms",
                     "retry-cap": "1s",
                     "fetch-timeout": "5s",
+                    # after `apiproxy keys rotate`, the next key is published this long (longer than the
+                    # peer's resync) before tokens switch to it
+                    "rotation-publish-period": "5s",
                     "metrics-listen": "",
                     "log-level": "warning",
                 }
@@ -580,6 +585,102 @@ class Tour:
         self.timings["refused"] = refused_after
         return "\n".join(lines)
 
+    async def rotate_east(self) -> str:
+        """West federates with east again; then east rotates its key while a reader keeps reading west
+        with east's remote-secret token: publishing, then switched, and not one read fails."""
+        lines = ["[west] kubectl create -f -   (the IstioMulticluster for east, again)"]
+        self.west.store.create(
+            {
+                "apiVersion": "deckhouse.io/v1alpha1",
+                "kind": "IstioMulticluster",
+                "metadata": {"name": "east"},
+                "spec": {"metadataEndpoint": self.east.endpoint, "metadata": {"ca": self.east.ca_pem}},
+            }
+        )
+        await wait_for(lambda: self.west.conditions("east").get("Ready", ("",))[0] == "True", "west Ready")
+        lines.append("[west] east: Ready=True (Established)")
+
+        async def accepted() -> bool:
+            status, _ = await self.west_get("/api/v1/namespaces?limit=1", self.east_token())
+            return status == 200
+
+        await wait_for(accepted, "west's proxy to trust east again")
+        ok, failed = [0], [0]
+        failures: list[str] = []
+        stop = asyncio.Event()
+
+        async def read_forever() -> None:
+            while not stop.is_set():
+                status, _ = await self.west_get("/api/v1/namespaces?limit=1", self.east_token())
+                if status == 200:
+                    ok[0] += 1
+                else:
+                    failed[0] += 1
+                    failures.append(f"HTTP {status} after {ok[0]} good reads")
+                await asyncio.sleep(0.05)
+
+        async def more_reads(n: int = 5) -> None:
+            target = ok[0] + n
+            await wait_for(lambda: ok[0] >= target or failed[0], "more reads through west's proxy")
+
+        reader = asyncio.create_task(read_forever())
+        try:
+            await more_reads()
+            old_token = self.east_token()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "apiproxy", "keys", "rotate",
+                "--kubeconfig", str(self.east.admin_kubeconfig), "--namespace", NAMESPACE,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            if proc.returncode != 0:
+                raise StepFailed(f"apiproxy keys rotate failed: {err.decode(errors='replace')[-300:]}")
+            lines.append(f"[east] $ apiproxy keys rotate --kubeconfig ... --namespace {NAMESPACE}")
+            keypair = self.east.secret(model.KEYPAIR_SECRET)
+            next_pub = (decoded(keypair, "next-pub.pem") or b"").decode()
+            if not next_pub:
+                raise StepFailed("no next key in east's keypair Secret")
+            next_fp = fingerprint(next_pub)
+            lines.append(f"   next key {next_fp[:23]}…, signed by the current one")
+
+            def west_trusts_next() -> bool:
+                trust = json.loads(decoded(self.west.secret(model.TRUST_SECRET), model.TRUST_KEY) or b"{}")
+                entry = trust.get(self.east.uuid) or {}
+                nxt = entry.get("authnKeyPubNext")
+                return isinstance(nxt, str) and fingerprint(nxt) == next_fp
+
+            await wait_for(west_trusts_next, "west to trust east's next key beside the current one")
+            lines.append("1. publishing: east's exporter publishes it with its proof; west trusts both keys")
+            if self.east_token() != old_token:
+                raise StepFailed("east switched tokens before west trusted the next key")
+            await more_reads()
+
+            def signed_by_next() -> bool:
+                try:
+                    jwt.decode(
+                        self.east_token(),
+                        key=load_public_key(next_pub),
+                        algorithms=["EdDSA"],
+                        options={"verify_aud": False},
+                    )
+                except jwt.PyJWTError:
+                    return False
+                return True
+
+            await wait_for(signed_by_next, "east's remote secret to carry a token signed by the next key")
+            lines.append("2. switched: east re-minted its remote secret with the next key; west accepts it")
+            await more_reads()
+            lines.append(
+                "3. (not shown) promoted: after the longest token lifetime (--api-token-ttl + 5 min)"
+            )
+        finally:
+            stop.set()
+            await reader
+        lines.append(f"reads of west by east's istiod during the rotation: {ok[0]} ok, {failed[0]} failed")
+        if failed[0]:
+            raise StepFailed(f"{failed[0]} read(s) failed during the rotation: {failures[:3]}")
+        return "\n".join(lines)
+
     async def close(self) -> None:
         if self.watch is not None:
             self.watch.close()
@@ -645,9 +746,18 @@ async def federation_tour(workdir: Path, once: bool) -> int:
             "no token to revoke: west's controller drops east's key from its trust store; the proxy reloads",
             tour.delete_on_west,
         )
-        say("\n── 7. Key rotation (apiproxy keys rotate on east, no failed request in between)")
-        say("   coming: the controller's side exists (docs/federation.md); the exporter does not yet publish")
-        say("   the next key, so the demo does not show it")
+        if rotation_available():
+            await tour.step(
+                "7. East rotates its key (apiproxy keys rotate) with no failed request in between",
+                "peers are shown the next key, vouched for by the current one, before any token uses it",
+                tour.rotate_east,
+            )
+        else:
+            say("\n── 7. Key rotation (apiproxy keys rotate on east, no failed request in between)")
+            say(
+                "   coming: the controller's side exists (docs/federation.md); this exporter does not publish"
+            )
+            say("   the next key yet, so the demo does not show it")
         total = time.monotonic() - began
         ready = tour.timings.get("ready")
         say("\nSummary")
@@ -671,6 +781,13 @@ async def federation_tour(workdir: Path, once: bool) -> int:
     finally:
         await tour.close()
         await asyncio.gather(east.stop(), west.stop())
+
+
+def rotation_available() -> bool:
+    """Whether the exporter publishes a next key: it does with ``apiproxy.metadata.nextkey``, the one
+    implementation of the proof the controller and the exporter share. Without it a rotation would switch
+    east's tokens to a key west was never shown, so the step is not run."""
+    return importlib.util.find_spec("apiproxy.metadata.nextkey") is not None
 
 
 async def _keys_published(east: Cluster, west: Cluster) -> str:
