@@ -69,7 +69,7 @@ def _keys_rotate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from apiproxy.demo import run_demo
 
-    return run_demo(once=args.once, workdir=args.workdir)
+    return run_demo(once=args.once, workdir=args.workdir, proxy_only=args.proxy_only)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -130,10 +130,16 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     rotate.set_defaults(func=_keys_rotate)
 
     demo = sub.add_parser(
-        "demo", help="run a simulated apiserver and the proxy on loopback, and walk through it"
+        "demo",
+        help="two simulated clusters federate on loopback (proxy, exporter, controller each); a guided tour",
     )
     demo.add_argument(
         "--once", action="store_true", help="run the walk-through, then exit (0 when every step passed)"
+    )
+    demo.add_argument(
+        "--proxy-only",
+        action="store_true",
+        help="the single-proxy tour: one apiserver and the proxy in front",
     )
     demo.add_argument("--workdir", default=".demo", help="where certificates, tokens and the kubeconfig go")
     demo.set_defaults(func=_demo)

@@ -1,4 +1,6 @@
-"""``apiproxy demo``: a federation on loopback, and a guided tour of what the proxy does.
+"""``apiproxy demo --proxy-only``: one proxy on loopback, and a guided tour of what it does.
+
+(``apiproxy demo`` without the flag runs the two-cluster federation tour of :mod:`apiproxy.federation_demo`.)
 
 Nothing outside this machine is needed: a simulated kube-apiserver, the proxy in front of it with real
 TLS, a remote cluster "alpha" with its own Ed25519 key in a Deckhouse-format trust file, and a kubeconfig
@@ -198,10 +200,14 @@ async def tour(workdir: Path, once: bool) -> int:
         await box.stop()
 
 
-def run_demo(*, once: bool, workdir: str) -> int:
+def run_demo(*, once: bool, workdir: str, proxy_only: bool = False) -> int:
+    """The federation tour of two clusters, or with ``proxy_only`` the single-proxy tour below."""
+    from apiproxy.federation_demo import federation_tour
+
     logs.configure("warning")
+    run = tour if proxy_only else federation_tour
     try:
-        return asyncio.run(tour(Path(workdir).resolve(), once))
+        return asyncio.run(run(Path(workdir).resolve(), once))
     except KeyboardInterrupt:
         return 0
     except Exception as exc:
