@@ -327,6 +327,8 @@ class Kit:
     #: Seconds from the IstioMulticluster resources' creation to the primary's being Ready.
     established: float = 0.0
     mesh_settings: str = ""
+    #: The remote's resource for the primary: its remote-API condition (the primary has no proxy).
+    remote_ready: dict[str, Any] = field(default_factory=dict)
 
 
 def remote_secret_token(secret: dict[str, Any] | None) -> str | None:
@@ -550,6 +552,7 @@ async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
         assert network["endpoints"] == [{"fromRegistry": REMOTE}]
         assert yaml.safe_load(istiod.mesh_file.read_text())["caCertificates"] == [{"pem": remote_root}]
         assert yaml.safe_load(istiod.networks_file.read_text())["networks"] == produced["meshNetworks"]
+        kit.remote_ready = await asyncio.to_thread(kit.remote.condition, PRIMARY, "RemoteAPIServerReady")
 
         assert await asyncio.to_thread(istiod.metric, "istiod_managed_clusters", cluster_type="remote") == 1
         assert not await asyncio.to_thread(istiod.metric, "controller_sync_errors_total", cluster=REMOTE)
@@ -607,6 +610,8 @@ async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
     checks = [r for r in fed.caller_records() if _api_check(r)]
     assert checks, "the primary's controller never checked the remote API through the proxy"
     assert {(r["decision"], r["status"]) for r in checks} == {("allow", 200)}
+    print(f"the controller's API checks: {sorted({(r['url'], r['rule']) for r in checks})}")
+    print(f"remote's IstioMulticluster {PRIMARY}: {kit.remote_ready}")
     records = fed.istiod_records()
     table = request_table(records)
     (tmp_path / "istiod-requests.md").write_text(render_table(table) + "\n")
