@@ -169,8 +169,8 @@ class Federation:
             await asyncio.sleep(0.2)
 
     def caller_records(self) -> list[dict[str, Any]]:
-        """The proxy's audit records of requests with the primary's tokens. A watch is recorded when it
-        ends: read them once istiod or the proxy has stopped."""
+        """The proxy's audit records of requests with the tokens istiod presents (the primary's). A watch
+        is recorded when it ends: read them once istiod or the proxy has stopped."""
         return [r for r in self.proxy.audit_records() if r.get("cluster") == self.caller]
 
     def istiod_records(self) -> list[dict[str, Any]]:
@@ -191,8 +191,8 @@ class Federation:
 
 
 def _api_check(record: dict[str, Any]) -> bool:
-    """The controller's check of the remote API (``GET /api``, ``GET /readyz``), made with the token it
-    then gives istiod; istiod itself asks for no discovery."""
+    """The controller's check of the remote API, made with the token it then gives istiod: ``GET /api``
+    (its ``GET /readyz`` is the proxy's own readiness, never audited). istiod asks for no discovery."""
     return record.get("url") in ("/api", "/readyz")
 
 
