@@ -16,22 +16,29 @@ controller writes can replace the one a test writes without touching anything el
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from apiproxy.kubewatch import Event, KubernetesClient, WatchLoop, WatchTarget, list_then_watch
 from tests.real import gobuild
-from tests.real.cluster import Process, RealCluster, StartError, _tail, free_port
+from tests.real.cluster import Process, RealCluster, StartError, _spawn, _tail, free_port
 
 ISTIO_NAMESPACE = "istio-system"
+#: The CRD of the federation kit's controller, applied on both clusters.
+MULTICLUSTER_CRD = Path(__file__).resolve().parents[2] / "deploy" / "multicluster" / "crd.yaml"
 MULTICLUSTER_LABEL = "istio/multiCluster"
 CLUSTER_ANNOTATION = "networking.istio.io/cluster"
 
@@ -72,17 +79,27 @@ def install_crds(cluster: RealCluster, *manifests: Path) -> None:
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=90s")
 
 
+def install_multicluster_crd(cluster: RealCluster) -> None:
+    cluster.kubectl("apply", "-f", str(MULTICLUSTER_CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/istiomulticlusters.deckhouse.io", "--timeout=60s"
+    )
+
+
 def prepare_primary(cluster: RealCluster) -> None:
-    """Istio's CRDs (established) and istiod's namespace on the cluster istiod runs against."""
+    """Istio's CRDs (established), istiod's namespace, and the IstioMulticluster CRD on the cluster istiod
+    runs against."""
     install_crds(cluster, istio_crds())
     cluster.kubectl("create", "namespace", ISTIO_NAMESPACE, check=False)
+    install_multicluster_crd(cluster)
 
 
 def prepare_remote(cluster: RealCluster) -> None:
     """A remote of a multi-primary mesh has Istio installed too, and Gateway API: with these CRDs present
     istiod starts its WorkloadEntry and Gateway informers on the remote, so the policy is tested
-    against everything it would read from a real one."""
+    against everything it would read from a real one. The federation kit's CRD is there too."""
     install_crds(cluster, istio_crds(), gateway_api_crds())
+    install_multicluster_crd(cluster)
 
 
 def remote_secret(cluster_id: str, kubeconfig: str, *, name: str | None = None) -> dict[str, Any]:
@@ -103,8 +120,87 @@ def remote_secret(cluster_id: str, kubeconfig: str, *, name: str | None = None) 
 
 
 def write_remote_secret(primary: RealCluster, cluster_id: str, kubeconfig: str) -> None:
-    """Create or replace the remote secret on ``primary`` (what the IstioMulticluster controller will do)."""
+    """Create or replace a hand-written remote secret on ``primary``: only for a token the federation kit
+    would never mint (one no trusted cluster signed)."""
     primary.kubectl("apply", "-f", "-", input=json.dumps(remote_secret(cluster_id, kubeconfig)))
+
+
+def mesh_files(mesh_settings: str) -> tuple[str, str]:
+    """istiod's ``--meshConfig`` and ``--networksConfig`` from the controller's mesh settings
+    (``apiproxy multicluster mesh-config``): the peers' root CAs join :data:`MESH_CONFIG` as
+    ``caCertificates``, and ``meshNetworks`` becomes the networks file."""
+    produced = yaml.safe_load(mesh_settings)
+    mesh = yaml.safe_load(MESH_CONFIG)
+    mesh["caCertificates"] = produced["meshConfig"]["caCertificates"]
+    return yaml.safe_dump(mesh), yaml.safe_dump({"networks": produced["meshNetworks"]})
+
+
+# -- the federation kit's processes -----------------------------------------------------------------------
+
+
+def apiproxy_process(name: str, workdir: Path, *args: str) -> Process:
+    """``python -m apiproxy ARGS`` as its own process, logging to ``workdir/NAME.log``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return _spawn(name, [sys.executable, "-m", "apiproxy", *args], workdir / f"{name}.log", workdir)
+
+
+class SecretFile:
+    """What kubelet does for a Secret volume: one key of a Secret, written atomically to a file whenever it
+    changes (list, then watch, through the official client). The proxy reads the trust store the
+    controller writes this way: ``--trust-secret`` needs an in-cluster service account, which a process
+    on loopback does not have."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, name: str, key: str, path: Path) -> None:
+        self.path = path
+        self.key = key
+        self.name = name
+        self.writes = 0
+        self.changed = threading.Condition()
+        client = KubernetesClient.from_config(str(kubeconfig), watch_seconds=60)
+        target = WatchTarget("secrets", namespace, name=name)
+        self.loop = WatchLoop(
+            f"Secret {namespace}/{name} -> {path.name}",
+            lambda stop: list_then_watch(client, target, stop),
+            self.handle,
+            backoff=(0.2, 2.0),
+        )
+
+    def handle(self, event: Event) -> None:
+        if event.get("type") == "RESET":
+            named = [o for o in event.get("objects") or () if o.get("metadata", {}).get("name") == self.name]
+            event = {"type": "ADDED", "object": named[0]} if named else {"type": "DELETED"}
+        if event.get("type") not in ("ADDED", "MODIFIED"):
+            return  # kubelet keeps the last content of a deleted Secret's volume
+        encoded = (event.get("object", {}).get("data") or {}).get(self.key)
+        if encoded is None:
+            return
+        raw = base64.b64decode(encoded)
+        if self.path.exists() and self.path.read_bytes() == raw:
+            return
+        tmp = self.path.with_suffix(".sync")
+        tmp.write_bytes(raw)
+        tmp.replace(self.path)
+        with self.changed:
+            self.writes += 1
+            self.changed.notify_all()
+
+    def wait_for(self, predicate: Any, timeout: float) -> bool:
+        """Wait until ``predicate(file bytes)`` holds (checked after each write)."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not (self.path.exists() and predicate(self.path.read_bytes())):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.changed.wait(remaining)
+        return True
+
+    def start(self) -> SecretFile:
+        self.loop.start()
+        return self
+
+    def stop(self) -> None:
+        self.loop.stop(timeout=2)
 
 
 @dataclass
@@ -130,6 +226,9 @@ class Istiod:
     env: dict[str, str] = field(default_factory=dict)
     process: Process | None = None
     started: float = 0.0
+    #: The two mesh files' content (the controller's mesh settings, by :func:`mesh_files`).
+    mesh_config: str = MESH_CONFIG
+    mesh_networks: str = MESH_NETWORKS
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -176,8 +275,8 @@ class Istiod:
         return env
 
     def start(self, *, timeout: float = 120) -> Istiod:
-        self.mesh_file.write_text(MESH_CONFIG)
-        self.networks_file.write_text(MESH_NETWORKS)
+        self.mesh_file.write_text(self.mesh_config)
+        self.networks_file.write_text(self.mesh_networks)
         self.started = time.monotonic()
         handle = self.log.open("ab")
         try:
