@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import json
 import shutil
 import signal
@@ -746,18 +745,11 @@ async def federation_tour(workdir: Path, once: bool) -> int:
             "no token to revoke: west's controller drops east's key from its trust store; the proxy reloads",
             tour.delete_on_west,
         )
-        if rotation_available():
-            await tour.step(
-                "7. East rotates its key (apiproxy keys rotate) with no failed request in between",
-                "peers are shown the next key, vouched for by the current one, before any token uses it",
-                tour.rotate_east,
-            )
-        else:
-            say("\n── 7. Key rotation (apiproxy keys rotate on east, no failed request in between)")
-            say(
-                "   coming: the controller's side exists (docs/federation.md); this exporter does not publish"
-            )
-            say("   the next key yet, so the demo does not show it")
+        await tour.step(
+            "7. East rotates its key (apiproxy keys rotate) with no failed request in between",
+            "peers are shown the next key, vouched for by the current one, before any token uses it",
+            tour.rotate_east,
+        )
         total = time.monotonic() - began
         ready = tour.timings.get("ready")
         say("\nSummary")
@@ -781,13 +773,6 @@ async def federation_tour(workdir: Path, once: bool) -> int:
     finally:
         await tour.close()
         await asyncio.gather(east.stop(), west.stop())
-
-
-def rotation_available() -> bool:
-    """Whether the exporter publishes a next key: it does with ``apiproxy.metadata.nextkey``, the one
-    implementation of the proof the controller and the exporter share. Without it a rotation would switch
-    east's tokens to a key west was never shown, so the step is not run."""
-    return importlib.util.find_spec("apiproxy.metadata.nextkey") is not None
 
 
 async def _keys_published(east: Cluster, west: Cluster) -> str:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.federation_demo import rotation_available
-
 
 def run_demo(workdir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -35,7 +33,7 @@ def test_federation_demo_tells_the_whole_story_and_exits_0(
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "FAILED" not in out
-    steps = 8 if rotation_available() else 7
+    steps = 8
     assert out.count("✓ as expected") == steps, out
     for step in range(8):
         assert f"\n── {step}. " in out, f"step {step} is printed"
@@ -62,12 +60,9 @@ def test_federation_demo_tells_the_whole_story_and_exits_0(
     assert closed is not None and float(closed.group(1)) < 10
     assert "remote secret for east: gone" in out
     # east rotates its key while its istiod keeps reading west: not one read fails
-    if rotation_available():
-        reads = re.search(r"during the rotation: (\d+) ok, (\d+) failed", out)
-        assert reads is not None and int(reads.group(1)) >= 15 and reads.group(2) == "0"
-        assert "2. switched: east re-minted its remote secret with the next key" in out
-    else:
-        assert "coming: the controller's side exists" in out
+    reads = re.search(r"during the rotation: (\d+) ok, (\d+) failed", out)
+    assert reads is not None and int(reads.group(1)) >= 15 and reads.group(2) == "0"
+    assert "2. switched: east re-minted its remote secret with the next key" in out
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")

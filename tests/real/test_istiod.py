@@ -919,12 +919,6 @@ async def test_deleting_the_istiomulticluster_on_remote_revokes_the_primary_unde
     assert ended == {"ended by the proxy: trust store changed"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the exporter does not publish authnKeyPubNext/authnKeyPubNextProof (it reads only pub.pem), so "
-    "the remote's controller never trusts the primary's next key and its tokens are refused after the switch",
-)
 async def test_the_primary_rotates_its_key_under_istiod_and_the_remote_follows(
     remote: Real, primary: RealCluster, istiod_binary: Path, tmp_path: Path
 ) -> None:
