@@ -27,9 +27,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from apiproxy.auth.keys import public_key_pem
-from apiproxy.multicluster import identity
+from apiproxy.multicluster import identity, rotation
+from apiproxy.multicluster.model import parse_spec
+from apiproxy.multicluster.reconcile import Context, reconcile
 from tests.helpers import eventually
 from tests.multicluster.conftest import OUR_UUID, free_port, running_peer
+from tests.multicluster.peers import ENDPOINT, PEER_UUID, Clock, ScriptedPeer, public_doc
 from tests.real.conftest import Real
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "multicluster"
@@ -419,3 +422,50 @@ async def test_controller_establishes_pins_and_cleans_up_on_the_real_apiserver(
     assert keypair is not None and keypair["metadata"]["resourceVersion"] == keypair_version, (
         "the keypair is generated once and never rewritten"
     )
+
+
+def write_status(real: Real, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """PUT ``status`` through the status subresource (what kopf's patch reaches) and return what the
+    apiserver stored: fields its structural schema does not declare are pruned on the way."""
+    current = get_json(real, "get", GROUP_PLURAL, name)
+    current["status"] = status
+    code, _, body = real.cluster.request(
+        "PUT",
+        f"/apis/deckhouse.io/v1alpha1/istiomulticlusters/{name}/status",
+        json.dumps(current).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert code == 200, body[:500]
+    stored: dict[str, Any] = json.loads(body)["status"]
+    return stored
+
+
+async def test_every_status_field_the_controller_writes_survives_the_schema(real: Real, crd: None) -> None:
+    """The real apiserver prunes what the CRD does not declare, silently. A peer's key rotation records
+    the vouched-for next key in ``status.pinnedIdentity``; were it pruned, a restarted controller would
+    read the pin without it and take the peer's promotion of that key for an identity change."""
+    our = ed25519.Ed25519PrivateKey.generate()
+    ctx = Context(OUR_UUID, our, 30 * 86400.0, Clock())
+    spec_doc = {"metadataEndpoint": ENDPOINT, "metadata": {"insecureSkipVerify": True}}
+    spec = parse_spec("rotating", spec_doc)
+    current, nxt = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    first = await reconcile(spec, None, ctx, ScriptedPeer.healthy(current))
+    publishing_peer = ScriptedPeer.healthy(current)
+    doc = json.loads(public_doc(PEER_UUID, current))
+    doc["authnKeyPubNext"] = public_key_pem(nxt.public_key(), deckhouse=True).decode()
+    doc["authnKeyPubNextProof"] = rotation.make_proof(current, nxt.public_key())
+    publishing_peer.answers["/metadata/public/public.json"] = json.dumps(doc).encode()
+    publishing = await reconcile(spec, first.status, ctx, publishing_peer, generation=1)
+    assert publishing.ok and publishing.status["pinnedIdentity"].get("nextKeyFingerprint")
+    assert {c["type"] for c in publishing.status["conditions"]} >= {"TLSVerified", "Ready"}
+
+    create(real, "rotating", spec_doc)
+    try:
+        stored = write_status(real, "rotating", json.loads(json.dumps(publishing.status)))
+        assert stored == publishing.status, "the apiserver pruned a status field the schema lacks"
+        # a restarted controller starts from the stored status: the promotion is followed, no admin
+        promoted = await reconcile(spec, stored, ctx, ScriptedPeer.healthy(nxt), generation=1)
+        reasons = {c["type"]: c["reason"] for c in promoted.status["conditions"]}
+        assert promoted.ok, reasons
+    finally:
+        real.cluster.kubectl("delete", GROUP_PLURAL, "rotating", "--ignore-not-found", "--wait")
