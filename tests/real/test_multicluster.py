@@ -16,9 +16,9 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -39,6 +39,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "multicluster"
 NS = "mc-real"  # not d8-istio: test_exporter seeds a keypair there, and this keypair must be generated
 SA = "apiproxy-multicluster"
 GROUP_PLURAL = "istiomulticlusters.deckhouse.io"
+T = TypeVar("T")
 
 
 def multicluster_rbac(namespace: str) -> str:
@@ -90,6 +91,15 @@ def trust_doc(real: Real) -> dict[str, Any]:
     assert trust is not None
     doc: dict[str, Any] = json.loads(secret_value(trust, "remote-public-metadata.json"))
     return doc
+
+
+def in_thread(probe: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """A kubectl-backed probe run off the event loop, which meanwhile serves the peer's proxy."""
+
+    async def run() -> T:
+        return await asyncio.to_thread(probe)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +193,7 @@ class ControllerProcess:
     """``apiproxy multicluster`` as its own process with a --config file; stopped by SIGTERM."""
 
     def __init__(self, kubeconfig: Path, workdir: Path) -> None:
+        self.kubeconfig = kubeconfig
         self.metrics_port = free_port()
         self.config = workdir / "multicluster.yaml"
         self.config.write_text(
@@ -256,7 +267,7 @@ async def our_key(real: Real, controller: ControllerProcess) -> tuple[ed25519.Ed
         assert controller.proc is not None and controller.proc.returncode is None, controller.log_text()
         return secret(real, "d8-remote-authn-keypair")
 
-    keypair = await eventually(generated, timeout=60)
+    keypair = await eventually(in_thread(generated), timeout=60)
     priv = secret_value(keypair, "priv.pem")
     assert priv.startswith(b"-----BEGIN ED25519 PRIVATE KEY-----")
     assert secret_value(keypair, "pub.pem").startswith(b"-----BEGIN ED25519 PUBLIC KEY-----")
@@ -283,12 +294,21 @@ async def ready(real: Real, name: str, controller: ControllerProcess, timeout: f
         return obj if cond and cond["status"] == "True" else None
 
     try:
-        return await eventually(probe, timeout=timeout)
+        return await eventually(in_thread(probe), timeout=timeout)
     except AssertionError as exc:
         raise AssertionError(
             f"{exc}; resource: {json.dumps(resource(real, name))[:3000]}\n"
             f"controller log:\n{controller.log_text()[-4000:]}"
         ) from None
+
+
+def written_versions(real: Real, names: dict[str, list[str]]) -> dict[str, str]:
+    """kind/name → resourceVersion: an unchanged one proves the object was not written."""
+    return {
+        f"{kind}/{name}": get_json(real, "get", kind, name, "-n", NS)["metadata"]["resourceVersion"]
+        for kind, objects in names.items()
+        for name in objects
+    }
 
 
 async def test_controller_establishes_pins_and_cleans_up_on_the_real_apiserver(
@@ -344,6 +364,14 @@ async def test_controller_establishes_pins_and_cleans_up_on_the_real_apiserver(
         [network] = settings["meshNetworks"].values()
         assert {"fromRegistry": peer.uuid} in network["endpoints"]
         assert network["gateways"] == [{"address": "198.51.100.7", "port": 15443}]
+        printed = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "apiproxy", "multicluster", "mesh-config",
+            "--kubeconfig", str(controller.kubeconfig), "--namespace", NS,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(printed.communicate(), 60)
+        assert printed.returncode == 0, err.decode()[-2000:]
+        assert out.decode() == mesh["data"]["mesh.yaml"], "mesh-config prints what the controller wrote"
 
         # Events on the resource, posted in our namespace
         events = get_json(real, "get", "events", "-n", NS)["items"]
@@ -371,6 +399,27 @@ async def test_controller_establishes_pins_and_cleans_up_on_the_real_apiserver(
         )
         print(table, as_yaml, sep="\n")
 
+        # a restarted controller resumes: same keypair, nothing rewritten when nothing changed
+        outputs = {
+            "secret": [
+                "d8-remote-authn-keypair",
+                "d8-remote-clusters-public-metadata",
+                "istio-remote-secret-east",
+            ],
+            "configmap": ["apiproxy-multicluster-mesh"],
+        }
+        before = written_versions(real, outputs)
+        await controller.stop()
+        await controller.start()
+
+        async def reconciled_since_restart() -> bool:
+            count = await controller.metric("apiproxy_multicluster_reconcile_duration_seconds_count")
+            return count is not None and count >= 1
+
+        await eventually(reconciled_since_restart, timeout=60)
+        await ready(real, "east", controller)
+        assert written_versions(real, outputs) == before
+
         # an identity change at the peer is pinned until an administrator accepts it
         pinned = trust_doc(real)
         new_key = ed25519.Ed25519PrivateKey.generate()
@@ -383,7 +432,7 @@ async def test_controller_establishes_pins_and_cleans_up_on_the_real_apiserver(
             cond = condition(resource(real, "east"), "PublicMetadataExchangeReady")
             return cond if cond and cond["reason"] == "RemoteIdentityChanged" else None
 
-        changed = await eventually(identity_changed, timeout=60)
+        changed = await eventually(in_thread(identity_changed), timeout=60)
         assert changed["status"] == "False" and fingerprint in changed["message"]
         assert condition(resource(real, "east"))["status"] == "False"  # type: ignore[index]
         assert trust_doc(real) == pinned, "the old key stays trusted; the new one is not applied"
@@ -403,13 +452,13 @@ async def test_controller_establishes_pins_and_cleans_up_on_the_real_apiserver(
             entry = trust_doc(real).get(peer.uuid)
             return isinstance(entry, dict) and identity.fingerprint(entry["authnKeyPub"]) == fingerprint
 
-        await eventually(accepted, timeout=60)
+        await eventually(in_thread(accepted), timeout=60)
         await ready(real, "east", controller)
         await eventually(lambda: controller.metric_is(gauge, 0.0), timeout=30)
 
         # deletion: kopf's finalizer runs our cleanup, then lets the resource go
         real.cluster.kubectl("delete", "istiomulticluster", "east", "--wait=false")
-        await eventually(lambda: resource(real, "east") is None, timeout=60)
+        await eventually(in_thread(lambda: resource(real, "east") is None), timeout=60)
         assert trust_doc(real) == {}
         assert secret(real, "istio-remote-secret-east") is None
         mesh = get_json(real, "get", "configmap", "apiproxy-multicluster-mesh", "-n", NS)
@@ -418,6 +467,13 @@ async def test_controller_establishes_pins_and_cleans_up_on_the_real_apiserver(
             "meshNetworks": {},
         }
 
+    # the shipped RBAC allowed every request the controller made (404: read before create; 409: a race)
+    refused = [
+        (e["verb"], e["requestURI"], e["responseStatus"]["code"])
+        for e in real.cluster.audit_events_by(real.cluster.service_account_user(NS, SA))
+        if e["responseStatus"]["code"] >= 400 and e["responseStatus"]["code"] not in (404, 409)
+    ]
+    assert refused == []
     keypair = secret(real, "d8-remote-authn-keypair")
     assert keypair is not None and keypair["metadata"]["resourceVersion"] == keypair_version, (
         "the keypair is generated once and never rewritten"
