@@ -98,7 +98,8 @@ async def ours(tmp_path: Path) -> AsyncIterator[Ours]:
     sim = Simulator(tokens={token}, bookmark_interval=60.0)
     sim.add_crd(CRD)
     key = ed25519.Ed25519PrivateKey.generate()
-    sim.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+    for namespace in (NAMESPACE, "default"):  # every cluster has `default`: Events about our resources
+        sim.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     sim.store.create(
         secret_body(model.KEYPAIR_SECRET, NAMESPACE, keypair_data(key), labels={"seeded": "by-test"})
     )
@@ -225,7 +226,8 @@ async def start_controller(ours: Ours) -> AsyncIterator[StartController]:
     """``await start_controller(**settings)``: our controller under kopf, against our simulator."""
     import kopf
 
-    from apiproxy.multicluster.operator import build_registry, post_event
+    from apiproxy.multicluster.events import EventPoster
+    from apiproxy.multicluster.operator import build_registry
 
     running: list[Running] = []
 
@@ -250,7 +252,7 @@ async def start_controller(ours: Ours) -> AsyncIterator[StartController]:
             extra = {"clock": clock} if clock is not None else {}
             fetcher = HTTPFetcher(timeout=settings.fetch_timeout)
             controller = Controller(
-                settings, objects, fetcher, metrics=ControllerMetrics(), events=post_event, **extra
+                settings, objects, fetcher, metrics=ControllerMetrics(), events=EventPoster(objects), **extra
             )
             run.controller = controller
             run.built.set()

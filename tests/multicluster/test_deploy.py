@@ -63,7 +63,9 @@ def test_rbac_is_least_privilege() -> None:
     assert {r for rule in cluster_rules for r in rule["resources"]} == {
         "istiomulticlusters",
         "istiomulticlusters/status",
+        "events",
     }
+    assert [rule["verbs"] for rule in cluster_rules if "events" in rule["resources"]] == [["create"]]
     for rule in cluster_rules + one(docs, "Role")["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert not {"list", "watch"} & set(rule["verbs"]) or rule["resources"] == ["istiomulticlusters"]

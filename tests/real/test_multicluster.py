@@ -373,11 +373,17 @@ async def test_controller_establishes_pins_and_cleans_up_on_the_real_apiserver(
         assert printed.returncode == 0, err.decode()[-2000:]
         assert out.decode() == mesh["data"]["mesh.yaml"], "mesh-config prints what the controller wrote"
 
-        # Events on the resource, posted in our namespace
-        events = get_json(real, "get", "events", "-n", NS)["items"]
+        # Events on the resource: in `default` with a namespace-less reference, so describe shows them
+        events = get_json(real, "get", "events", "-n", "default")["items"]
         mine = [e for e in events if e["involvedObject"].get("name") == "east"]
         assert {e["reason"] for e in mine} >= {"Ready"}, [(e["reason"], e["message"]) for e in events]
-        assert all(e["involvedObject"]["kind"] == "IstioMulticluster" for e in mine)
+        for event in mine:
+            assert event["involvedObject"]["kind"] == "IstioMulticluster"
+            assert "namespace" not in event["involvedObject"]
+            assert event["involvedObject"]["uid"] == obj["metadata"]["uid"]
+        described = real.cluster.kubectl("describe", "istiomulticluster", "east").stdout
+        events_section = described.split("\nEvents:", 1)[1]
+        assert "Ready" in events_section and "apiproxy-multicluster" in events_section, described[-1500:]
 
         # kubectl: printer columns and the status as YAML
         table = real.cluster.kubectl("get", "istiomulticlusters").stdout
@@ -439,7 +445,7 @@ async def test_controller_establishes_pins_and_cleans_up_on_the_real_apiserver(
         assert secret(real, "istio-remote-secret-east") is not None, "nothing established is torn down"
         gauge = 'apiproxy_multicluster_remote_identity_changed{multicluster_name="east"}'
         await eventually(lambda: controller.metric_is(gauge, 1.0), timeout=30)
-        warned = get_json(real, "get", "events", "-n", NS)["items"]
+        warned = get_json(real, "get", "events", "-n", "default")["items"]
         assert any(e["type"] == "Warning" and "RemoteIdentityChanged" in e["message"] for e in warned), [
             (e["reason"], e["message"]) for e in warned
         ]
