@@ -37,7 +37,8 @@ from apiproxy.multicluster.settings import MulticlusterSettings
 
 log = logging.getLogger("apiproxy.multicluster")
 
-#: ``(resource body, event type, reason, message)``; kopf's ``kopf.event`` in production.
+#: ``(resource body, event type, reason, message)``; :class:`~apiproxy.multicluster.events.EventPoster`
+#: in production.
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
 

@@ -40,7 +40,7 @@ class KubeObjects:
         self._exc: Any = importlib.import_module("kubernetes.client.exceptions")
 
     def _method(self, verb: str, kind: str) -> Any:
-        suffix = {"Secret": "secret", "ConfigMap": "config_map"}[kind]
+        suffix = {"Secret": "secret", "ConfigMap": "config_map", "Event": "event"}[kind]
         return getattr(self.core, f"{verb}_namespaced_{suffix}")
 
     def _call(self, verb: str, kind: str, *args: Any) -> dict[str, Any] | None:

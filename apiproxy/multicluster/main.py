@@ -72,14 +72,16 @@ async def run_controller(
 ) -> None:
     import kopf
 
-    from apiproxy.multicluster.operator import build_registry, post_event
+    from apiproxy.multicluster.events import EventPoster
+    from apiproxy.multicluster.operator import build_registry
 
     configuration = kube_configuration(settings)
     client: Any = importlib.import_module("kubernetes.client")
     objects = KubeObjects(client.ApiClient(configuration))
     fetcher = HTTPFetcher(timeout=settings.fetch_timeout)
     metrics = ControllerMetrics()
-    controller = Controller(settings, objects, fetcher, metrics=metrics, events=post_event)
+    events = EventPoster(objects)
+    controller = Controller(settings, objects, fetcher, metrics=metrics, events=events)
     start_metrics(settings.metrics_listen, metrics)
     registry = build_registry(
         controller, kubeconfig_login=lambda: connection_info(configuration, settings.namespace)
@@ -96,6 +98,7 @@ async def run_controller(
             ready_flag=ready_flag,
         )
     finally:
+        await events.drain()
         await fetcher.close()
 
 

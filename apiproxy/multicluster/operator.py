@@ -18,8 +18,7 @@ need its own CRD and RBAC for no gain here. Progress is kept in annotations unde
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -112,8 +111,3 @@ def build_registry(controller: Controller, *, kubeconfig_login: Any = None) -> k
         await controller.delete(name, _others(kwargs["peers"]))
 
     return registry
-
-
-def post_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-    """kopf's event poster (queued and sent in the background, in ``--namespace`` for our cluster objects)."""
-    kopf.event(cast(Any, body), type=kind, reason=reason, message=message)

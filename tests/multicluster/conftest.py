@@ -98,7 +98,8 @@ async def ours(tmp_path: Path) -> AsyncIterator[Ours]:
     sim = Simulator(tokens={token}, bookmark_interval=60.0)
     sim.add_crd(CRD)
     key = ed25519.Ed25519PrivateKey.generate()
-    sim.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+    for namespace in (NAMESPACE, "default"):  # every cluster has `default`: Events about our resources
+        sim.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     sim.store.create(
         secret_body(model.KEYPAIR_SECRET, NAMESPACE, keypair_data(key), labels={"seeded": "by-test"})
     )
@@ -140,13 +141,14 @@ def trust_ours(sandbox: Sandbox, key: ed25519.Ed25519PrivateKey, uuid: str = OUR
     write_trust_file(sandbox.trust_file, list(sandbox.clusters.values()))
 
 
-@pytest.fixture
-async def peer(tmp_path: Path, ours: Ours) -> AsyncIterator[Peer]:
-    sandbox = Sandbox(tmp_path / "peer", cluster_names=(), seed={"pods": 3, "services": 2, "namespaces": 1})
-    trust_ours(sandbox, ours.key)
+@contextlib.asynccontextmanager
+async def running_peer(workdir: Path, our_key: ed25519.Ed25519PrivateKey) -> AsyncIterator[Peer]:
+    """A peer that already trusts ``our_key``: its proxy in front of its simulator, and its exporter
+    process serving its metadata over TLS (also used against the real apiserver by tests/real)."""
+    sandbox = Sandbox(workdir, cluster_names=(), seed={"pods": 3, "services": 2, "namespaces": 1})
+    trust_ours(sandbox, our_key)
     await sandbox.start()
     assert sandbox.proxy is not None
-    workdir = tmp_path / "peer"
     peer_key = ed25519.Ed25519PrivateKey.generate()
     files = {
         "pub": workdir / "peer-pub.pem",
@@ -174,23 +176,29 @@ async def peer(tmp_path: Path, ours: Ours) -> AsyncIterator[Peer]:
     url = f"https://127.0.0.1:{port}"
     ca_pem = sandbox.proxy_ca.cert_pem.decode()
     trust = ssl.create_default_context(cadata=ca_pem)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as session:
-
-        async def serving_public() -> bool:
-            try:
-                async with session.get(url + "/metadata/public/public.json") as resp:
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(serving_public, timeout=30)
     try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as session:
+
+            async def serving_public() -> bool:
+                try:
+                    async with session.get(url + "/metadata/public/public.json") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await eventually(serving_public, timeout=30)
         yield Peer(sandbox, sandbox.local_uuid, url, ca_pem, proc, files)
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
         await sandbox.stop()
+
+
+@pytest.fixture
+async def peer(tmp_path: Path, ours: Ours) -> AsyncIterator[Peer]:
+    async with running_peer(tmp_path / "peer", ours.key) as running:
+        yield running
 
 
 @dataclasses.dataclass
@@ -218,7 +226,8 @@ async def start_controller(ours: Ours) -> AsyncIterator[StartController]:
     """``await start_controller(**settings)``: our controller under kopf, against our simulator."""
     import kopf
 
-    from apiproxy.multicluster.operator import build_registry, post_event
+    from apiproxy.multicluster.events import EventPoster
+    from apiproxy.multicluster.operator import build_registry
 
     running: list[Running] = []
 
@@ -243,7 +252,7 @@ async def start_controller(ours: Ours) -> AsyncIterator[StartController]:
             extra = {"clock": clock} if clock is not None else {}
             fetcher = HTTPFetcher(timeout=settings.fetch_timeout)
             controller = Controller(
-                settings, objects, fetcher, metrics=ControllerMetrics(), events=post_event, **extra
+                settings, objects, fetcher, metrics=ControllerMetrics(), events=EventPoster(objects), **extra
             )
             run.controller = controller
             run.built.set()

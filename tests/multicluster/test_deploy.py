@@ -63,7 +63,9 @@ def test_rbac_is_least_privilege() -> None:
     assert {r for rule in cluster_rules for r in rule["resources"]} == {
         "istiomulticlusters",
         "istiomulticlusters/status",
+        "events",
     }
+    assert [rule["verbs"] for rule in cluster_rules if "events" in rule["resources"]] == [["create"]]
     for rule in cluster_rules + one(docs, "Role")["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert not {"list", "watch"} & set(rule["verbs"]) or rule["resources"] == ["istiomulticlusters"]
@@ -102,3 +104,47 @@ def test_every_alert_is_unit_tested_and_uses_the_controllers_metrics() -> None:
     assert {a["alert"] for a in alerts} == tested
     for alert in alerts:
         assert any(name in alert["expr"] for name in names), alert["alert"]
+
+
+def pruned(value: Any, schema: dict[str, Any]) -> Any:
+    """What a structural schema keeps of ``value``: an object keeps only declared properties unless it
+    preserves unknown fields (the apiserver drops the rest silently, with a 200)."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        keep = value if schema.get("x-kubernetes-preserve-unknown-fields") else {
+            k: v for k, v in value.items() if k in props
+        }  # fmt: skip
+        return {k: pruned(v, props[k]) if k in props else v for k, v in keep.items()}
+    if isinstance(value, list) and "items" in schema:
+        return [pruned(v, schema["items"]) for v in value]
+    return value
+
+
+async def test_every_status_field_the_controller_writes_is_declared() -> None:
+    """During a peer's key rotation the pin carries the next key's fingerprint; were it undeclared, the
+    apiserver would prune it and a restarted controller would take the promotion for an identity change
+    (found against the real apiserver: tests/real/test_multicluster.py)."""
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from apiproxy.auth.keys import public_key_pem
+    from apiproxy.multicluster import rotation
+    from apiproxy.multicluster.reconcile import Context, reconcile
+    from tests.multicluster.peers import ENDPOINT, OUR_UUID, PEER_UUID, Clock, ScriptedPeer, public_doc
+
+    crd = one(rendered(), "CustomResourceDefinition")
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    ctx = Context(OUR_UUID, ed25519.Ed25519PrivateKey.generate(), 30 * 86400.0, Clock())
+    spec = model.parse_spec("east", {"metadataEndpoint": ENDPOINT, "metadata": {"insecureSkipVerify": True}})
+    current, nxt = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    first = await reconcile(spec, None, ctx, ScriptedPeer.healthy(current), generation=1)
+    doc = json.loads(public_doc(PEER_UUID, current))
+    doc["authnKeyPubNext"] = public_key_pem(nxt.public_key(), deckhouse=True).decode()
+    doc["authnKeyPubNextProof"] = rotation.make_proof(current, nxt.public_key())
+    peer = ScriptedPeer.healthy(current)
+    peer.answers["/metadata/public/public.json"] = json.dumps(doc).encode()
+    publishing = await reconcile(spec, first.status, ctx, peer, generation=1)
+    assert publishing.status["pinnedIdentity"].get("nextKeyFingerprint")
+    for status in (first.status, publishing.status):
+        assert pruned(status, schema) == status

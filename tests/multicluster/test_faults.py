@@ -17,7 +17,6 @@ from apiproxy.certs import make_ca
 from apiproxy.sandbox import write_trust_file
 from tests.helpers import eventually
 from tests.multicluster.conftest import (
-    NAMESPACE,
     OUR_UUID,
     Ours,
     Peer,
@@ -173,10 +172,10 @@ async def test_a_transient_failure_tears_nothing_down(
     assert remote_after["data"] == remote_before["data"]  # type: ignore[index]
 
     def warnings() -> list[dict[str, Any]]:
-        events = ours.store.list("events", NAMESPACE)
+        events = ours.store.list("events", "default")  # about a cluster-scoped object: see events.py
         return [e for e in events if e.get("type") == "Warning" and e.get("reason", "").endswith("Failed")]
 
-    # kopf posts events from a queue in the background: wait for it, a transition to failure is one
+    # events are posted in the background: wait for it, a transition to failure is one
     failed = await eventually(warnings, timeout=30)
     assert all(e["involvedObject"]["name"] == "east" for e in failed)
 
