@@ -395,6 +395,20 @@ class RealCluster:
         return f"system:serviceaccount:{namespace}:{name}"
 
 
+def rendered_into(manifest: Path, namespace: str) -> str:
+    """RBAC manifests as Kustomize's ``namespace:`` would render them into ``namespace``: Roles and
+    RoleBindings moved there, every subject's namespace set to it."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(manifest.read_text()))
+    for doc in docs:
+        if doc["kind"] in ("Role", "RoleBinding"):
+            doc["metadata"]["namespace"] = namespace
+        for subject in doc.get("subjects", []):
+            subject["namespace"] = namespace
+    return yaml.safe_dump_all(docs)
+
+
 def _namespaces_in(manifests: str) -> set[str]:
     import yaml
 

@@ -14,28 +14,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 
 from apiproxy.exporter.main import RunningExporter, start_exporter
 from tests.exporter import cluster as c
 from tests.exporter.conftest import base_settings
 from tests.exporter.test_cluster import GOLDEN_FILES, MULTICLUSTER, Peer
 from tests.helpers import eventually
+from tests.real.cluster import rendered_into
 from tests.real.conftest import Real
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "base"
 NS = c.NS
-
-
-def exporter_rbac(namespace: str) -> str:
-    """deploy/base/exporter-rbac.yaml as Kustomize would render it into ``namespace``."""
-    docs = list(yaml.safe_load_all((DEPLOY / "exporter-rbac.yaml").read_text()))
-    for doc in docs:
-        if doc["kind"] in ("Role", "RoleBinding"):
-            doc["metadata"]["namespace"] = namespace
-        for subject in doc.get("subjects", []):
-            subject["namespace"] = namespace
-    return yaml.safe_dump_all(docs)
 
 
 def _create_federation_objects(real: Real) -> None:
@@ -76,7 +65,9 @@ def set_gateway_status(real: Real, status: dict[str, object]) -> None:
 @pytest.fixture(scope="module")
 def exporter_kubeconfig(real: Real, tmp_path_factory: pytest.TempPathFactory) -> Path:
     _create_federation_objects(real)
-    token = real.cluster.install_identity(NS, "apiproxy-exporter", exporter_rbac(NS))
+    token = real.cluster.install_identity(
+        NS, "apiproxy-exporter", rendered_into(DEPLOY / "exporter-rbac.yaml", NS)
+    )
     return real.cluster.kubeconfig_for(tmp_path_factory.mktemp("exporter") / "kubeconfig", token)
 
 

@@ -33,6 +33,7 @@ from apiproxy.multicluster.reconcile import Context, reconcile
 from tests.helpers import eventually
 from tests.multicluster.conftest import OUR_UUID, free_port, running_peer
 from tests.multicluster.peers import ENDPOINT, PEER_UUID, Clock, ScriptedPeer, public_doc
+from tests.real.cluster import rendered_into
 from tests.real.conftest import Real
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "multicluster"
@@ -40,17 +41,6 @@ NS = "mc-real"  # not d8-istio: test_exporter seeds a keypair there, and this ke
 SA = "apiproxy-multicluster"
 GROUP_PLURAL = "istiomulticlusters.deckhouse.io"
 T = TypeVar("T")
-
-
-def multicluster_rbac(namespace: str) -> str:
-    """deploy/multicluster/rbac.yaml as Kustomize (``namespace:``) would render it into ``namespace``."""
-    docs = list(yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()))
-    for doc in docs:
-        if doc["kind"] in ("Role", "RoleBinding"):
-            doc["metadata"]["namespace"] = namespace
-        for subject in doc.get("subjects", []):
-            subject["namespace"] = namespace
-    return yaml.safe_dump_all(docs)
 
 
 def get_json(real: Real, *args: str) -> Any:
@@ -112,7 +102,7 @@ def crd(real: Real) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def controller_kubeconfig(real: Real, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Our service account bound to exactly deploy/multicluster/rbac.yaml; a kubeconfig with its token."""
-    token = real.cluster.install_identity(NS, SA, multicluster_rbac(NS))
+    token = real.cluster.install_identity(NS, SA, rendered_into(DEPLOY / "rbac.yaml", NS))
     return real.cluster.kubeconfig_for(tmp_path_factory.mktemp("multicluster") / "kubeconfig", token)
 
 
