@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apiproxy.metadata import DEFAULT_CLUSTER_DOMAIN
+from apiproxy.metadata import (
+    ADVERTISE_CONFIGMAP,
+    DEFAULT_CLUSTER_DOMAIN,
+    DEFAULT_NAMESPACE,
+    KEYPAIR_SECRET,
+    ROOT_CA_CONFIGMAP,
+    TRUST_SECRET,
+)
 from apiproxy.settings import _duration_arg
 
 
@@ -36,17 +43,17 @@ class ExporterSettings:
         "", "Istio network name (default: network-<cluster domain, dashed>-<adler32 of the UUID>)"
     )
     # Kubernetes sources
-    namespace: str = _opt("d8-istio", "namespace of the keypair, root CA, trust store and ingress gateway")
+    namespace: str = _opt(
+        DEFAULT_NAMESPACE, "namespace of the keypair, root CA, trust store and ingress gateway"
+    )
     kubeconfig: Path | None = _opt(None, "kubeconfig to reach the apiserver (default: in-cluster config)")
     authn_keypair_secret: str = _opt(
-        "d8-remote-authn-keypair", "Secret holding pub.pem (and next-pub.pem, next-proof during a rotation)"
+        KEYPAIR_SECRET, "Secret holding pub.pem (and next-pub.pem, next-proof during a rotation)"
     )
-    root_ca_configmap: str = _opt("istio-ca-root-cert", "ConfigMap holding root-cert.pem")
-    trust_secret: str = _opt(
-        "d8-remote-clusters-public-metadata", "Secret holding the peers' remote-public-metadata.json"
-    )
+    root_ca_configmap: str = _opt(ROOT_CA_CONFIGMAP, "ConfigMap holding root-cert.pem")
+    trust_secret: str = _opt(TRUST_SECRET, "Secret holding the peers' remote-public-metadata.json")
     advertise_configmap: str = _opt(
-        "metadata-exporter-ingressgateway-advertise",
+        ADVERTISE_CONFIGMAP,
         "ConfigMap whose ingressgateways-array.json overrides the discovered gateways",
     )
     ingress_gateway_selector: str = _opt(

@@ -5,14 +5,19 @@ controller (which fetches and checks them), so both sides can never disagree on 
 """
 
 from apiproxy.metadata.formats import (
+    ADVERTISE_CONFIGMAP,
     DEFAULT_CLUSTER_DOMAIN,
+    DEFAULT_NAMESPACE,
+    KEYPAIR_SECRET,
     PATH_FEDERATION,
     PATH_MULTICLUSTER,
     PATH_PUBLIC,
     PATH_SPIFFE_BUNDLE,
+    ROOT_CA_CONFIGMAP,
     SCOPE_API,
     SCOPE_PRIVATE_FEDERATION,
     SCOPE_PRIVATE_MULTICLUSTER,
+    TRUST_SECRET,
     FederationMetadata,
     IngressGateway,
     MetadataFormatError,
@@ -39,16 +44,21 @@ from apiproxy.metadata.nextkey import (
 from apiproxy.metadata.spiffe import parse_spiffe_bundle, spiffe_bundle
 
 __all__ = [
+    "ADVERTISE_CONFIGMAP",
     "DEFAULT_CLUSTER_DOMAIN",
+    "DEFAULT_NAMESPACE",
     "FIELD_NEXT_KEY",
     "FIELD_NEXT_PROOF",
+    "KEYPAIR_SECRET",
     "PATH_FEDERATION",
     "PATH_MULTICLUSTER",
     "PATH_PUBLIC",
     "PATH_SPIFFE_BUNDLE",
+    "ROOT_CA_CONFIGMAP",
     "SCOPE_API",
     "SCOPE_PRIVATE_FEDERATION",
     "SCOPE_PRIVATE_MULTICLUSTER",
+    "TRUST_SECRET",
     "FederationMetadata",
     "IngressGateway",
     "MetadataFormatError",

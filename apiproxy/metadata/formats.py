@@ -43,6 +43,13 @@ SCOPE_PRIVATE_FEDERATION: Final = "private-federation"
 
 DEFAULT_CLUSTER_DOMAIN: Final = "cluster.local"
 
+#: Deckhouse's names for the objects the exporter reads and the controller writes, in its Istio namespace.
+DEFAULT_NAMESPACE: Final = "d8-istio"
+KEYPAIR_SECRET: Final = "d8-remote-authn-keypair"  # noqa: S105 (a name)
+TRUST_SECRET: Final = "d8-remote-clusters-public-metadata"  # noqa: S105 (a name)
+ROOT_CA_CONFIGMAP: Final = "istio-ca-root-cert"
+ADVERTISE_CONFIGMAP: Final = "metadata-exporter-ingressgateway-advertise"
+
 #: Larger documents are refused before parsing (real ones are a few KiB).
 MAX_DOCUMENT_BYTES: Final = 1024 * 1024
 

@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+# Deckhouse's object names, defined once beside the document formats; re-exported for the controller.
+from apiproxy.auth.secretsource import DATA_KEY
+from apiproxy.metadata import KEYPAIR_SECRET as KEYPAIR_SECRET
+from apiproxy.metadata import TRUST_SECRET as TRUST_SECRET
+
 GROUP: Final = "deckhouse.io"
 VERSION: Final = "v1alpha1"
 PLURAL: Final = "istiomulticlusters"
 KIND: Final = "IstioMulticluster"
 
-TRUST_SECRET: Final = "d8-remote-clusters-public-metadata"  # noqa: S105 (a name)
-TRUST_KEY: Final = "remote-public-metadata.json"
-KEYPAIR_SECRET: Final = "d8-remote-authn-keypair"  # noqa: S105 (a name)
+TRUST_KEY: Final = DATA_KEY
 REMOTE_SECRET_PREFIX: Final = "istio-remote-secret-"  # noqa: S105 (a name)
 MESH_CONFIGMAP: Final = "apiproxy-multicluster-mesh"
 MESH_KEY: Final = "mesh.yaml"

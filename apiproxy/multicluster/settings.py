@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apiproxy.metadata import DEFAULT_NAMESPACE
 from apiproxy.settings import _duration_arg
 
 
@@ -21,7 +22,7 @@ class MulticlusterSettings:
         "this cluster's UUID: the sub of every token we mint (env CLUSTER_UUID); required",
     )
     namespace: str = _opt(
-        "d8-istio", "namespace of the keypair, trust store, remote secrets and mesh settings"
+        DEFAULT_NAMESPACE, "namespace of the keypair, trust store, remote secrets and mesh settings"
     )
     kubeconfig: Path | None = _opt(None, "kubeconfig to reach the apiserver (default: in-cluster config)")
     resync: float = _opt(60.0, "how often each peer is fetched again (jittered ±10%%)", type=_duration_arg)

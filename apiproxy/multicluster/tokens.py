@@ -14,11 +14,12 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from apiproxy.auth.jwt import DEFAULT_ISSUER
 from apiproxy.auth.keys import PrivateKey, b64url_decode
 from apiproxy.auth.mint import mint_token
 from apiproxy.metadata import SCOPE_API, SCOPE_PRIVATE_MULTICLUSTER
 
-ISSUER: Final = "d8-istio"
+ISSUER: Final = DEFAULT_ISSUER
 PRIVATE_TOKEN_TTL: Final = 60.0
 
 

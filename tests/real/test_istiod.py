@@ -36,6 +36,7 @@ import yaml
 from apiproxy.auth.keys import b64url_decode
 from apiproxy.certs import Issued, make_ca, make_leaf
 from apiproxy.kubeconfig import render_kubeconfig
+from apiproxy.multicluster.model import TRUST_KEY, TRUST_SECRET
 from apiproxy.sandbox import Sandbox, new_cluster
 from tests.real import gobuild
 from tests.real.cluster import Process, RealCluster, StartError, _tail, free_port
@@ -58,7 +59,6 @@ REMOTE_UUID = str(uuid.uuid4())
 PRIMARY_UUID = str(uuid.uuid4())
 #: Where the remote's controller and exporter keep their objects (Deckhouse's namespace).
 REMOTE_NAMESPACE = "d8-istio"
-TRUST_SECRET, TRUST_KEY = "d8-remote-clusters-public-metadata", "remote-public-metadata.json"
 #: istiod gives a remote cluster this long (PILOT_REMOTE_CLUSTER_TIMEOUT) before it calls it `timeout`.
 SYNC_DEADLINE = 30.0
 #: A namespace of the seeded mesh where the tests add their own services.
