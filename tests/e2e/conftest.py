@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from apiproxy.sandbox import Sandbox
+from tests.e2e.scripted_upstream import ScriptedUpstream
 
 
 @pytest.fixture
@@ -14,3 +15,17 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
         yield box
     finally:
         await box.stop()
+
+
+@pytest.fixture
+async def scripted(tmp_path: Path) -> AsyncIterator[tuple[ScriptedUpstream, Sandbox]]:
+    """A proxy in front of a scripted upstream: each test says exactly what the apiserver answers."""
+    box = Sandbox(tmp_path)
+    upstream = ScriptedUpstream()
+    box.upstream = await upstream.start(box.upstream_server_ssl())
+    await box.start()
+    try:
+        yield upstream, box
+    finally:
+        await box.stop()
+        await upstream.stop()

@@ -9,7 +9,6 @@ checked, byte for byte). Refused bodies never reach the upstream and get a ``Sta
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -28,19 +27,6 @@ RECORDED = {
     TR_PATH: (CLIENT_GO / "tokenreview-v1.pb").read_bytes(),
     SAR_PATH: (CLIENT_GO / "subjectaccessreview-v1.pb").read_bytes(),
 }
-
-
-@pytest.fixture
-async def scripted(tmp_path: Path) -> AsyncIterator[tuple[ScriptedUpstream, Sandbox]]:
-    box = Sandbox(tmp_path)
-    upstream = ScriptedUpstream()
-    box.upstream = await upstream.start(box.upstream_server_ssl())
-    await box.start()
-    try:
-        yield upstream, box
-    finally:
-        await box.stop()
-        await upstream.stop()
 
 
 def client(box: Sandbox) -> aiohttp.ClientSession:

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,19 +19,6 @@ from tests.helpers import eventually
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 WATCH_EVENT = b'{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p"}}}\n'
-
-
-@pytest.fixture
-async def scripted(tmp_path: Path) -> AsyncIterator[tuple[ScriptedUpstream, Sandbox]]:
-    box = Sandbox(tmp_path)
-    upstream = ScriptedUpstream()
-    box.upstream = await upstream.start(box.upstream_server_ssl())
-    await box.start()
-    try:
-        yield upstream, box
-    finally:
-        await box.stop()
-        await upstream.stop()
 
 
 def client(box: Sandbox, token: str | None = None) -> aiohttp.ClientSession:

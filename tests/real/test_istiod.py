@@ -596,17 +596,7 @@ async def test_istiod_syncs_the_remote_through_the_proxy_and_sees_its_changes(
                 "the scaled EndpointSlice",
             )
         finally:
-            await asyncio.to_thread(
-                remote.cluster.kubectl,
-                "delete",
-                "service,endpointslice",
-                name,
-                f"{name}-1",
-                "-n",
-                NAMESPACE,
-                "--ignore-not-found",
-                check=False,
-            )
+            await _cleanup(remote, name)
         assert await fed.status() == "synced"
         assert not await asyncio.to_thread(istiod.metric, "controller_sync_errors_total", cluster=REMOTE)
     checks = [r for r in fed.caller_records() if _api_check(r)]
