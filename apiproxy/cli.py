@@ -10,7 +10,8 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from apiproxy import __version__, logs
-from apiproxy.settings import Settings, add_arguments, parse_settings, serve_settings
+from apiproxy.proxy.settings import Settings, serve_settings
+from apiproxy.settings import add_arguments, parse_settings
 
 T = TypeVar("T")
 
@@ -32,12 +33,12 @@ def run_async(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
 
 
 def _serve(settings: Settings) -> int:
-    from apiproxy.app import ConfigurationError, check_settings, serve
+    from apiproxy.proxy.app import ConfigurationError, check_settings, serve
 
     logs.configure(settings.log_level, settings.log_format)
     try:
         if settings.workers > 1:
-            from apiproxy.workers import supervise
+            from apiproxy.proxy.workers import supervise
 
             check_settings(settings)  # fail here, once, rather than in every worker
             return run_async(supervise(settings), use_uvloop=settings.uvloop)
@@ -67,7 +68,7 @@ def _keys_rotate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from apiproxy.demo import run_demo
+    from apiproxy.demo.main import run_demo
 
     return run_demo(once=args.once, workdir=args.workdir, proxy_only=args.proxy_only)
 
@@ -83,7 +84,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     from apiproxy.auth.cli import add_commands as add_auth_commands
     from apiproxy.exporter.settings import ExporterSettings
     from apiproxy.multicluster.settings import MulticlusterSettings
-    from apiproxy.policy_cli import add_commands as add_policy_commands
+    from apiproxy.policy.cli import add_commands as add_policy_commands
 
     parser = argparse.ArgumentParser(
         prog="apiproxy",
@@ -98,7 +99,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
         description="Terminate TLS, authenticate the remote cluster, authorize against the policy, "
         "and stream the request to the apiserver with the proxy's own credentials.",
     )
-    add_arguments(serve)
+    add_arguments(serve, Settings)
 
     exporter = sub.add_parser(
         "exporter",

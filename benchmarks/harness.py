@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from apiproxy.demo.sandbox import Sandbox
 from apiproxy.kubeconfig import render_kubeconfig
-from apiproxy.sandbox import Sandbox
-from apiproxy.settings import Settings, to_args
+from apiproxy.proxy.settings import Settings, to_args
 from benchmarks import auth_bench, fixtures, policy_bench, procs, report
 from benchmarks.clients import (
     FixedRateRun,

@@ -20,7 +20,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apiproxy.policy import Policy, load_policy, parse_policy
-from apiproxy.requestinfo import classify
+from apiproxy.policy.requestinfo import classify
 
 ROOT = Path(__file__).resolve().parents[1]
 

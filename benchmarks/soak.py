@@ -45,8 +45,8 @@ import aiohttp
 from cryptography import x509
 
 from apiproxy.certs import write_serving_bundle
-from apiproxy.sandbox import Sandbox, write_trust_file
-from apiproxy.settings import to_args
+from apiproxy.demo.sandbox import Sandbox, write_trust_file
+from apiproxy.proxy.settings import to_args
 from benchmarks.procs import PYTHON, free_port, open_fds, spawn, status_kib, stop, wait_ready
 
 LIST_PATHS = (

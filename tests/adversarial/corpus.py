@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from apiproxy.auth.keys import public_key_pem
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 
 
 @dataclass

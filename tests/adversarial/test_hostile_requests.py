@@ -24,9 +24,9 @@ from urllib.parse import parse_qsl
 import pytest
 import pytest_asyncio
 
-from apiproxy.requestinfo import MalformedRequest, RequestInfo, classify
-from apiproxy.sandbox import Sandbox
-from apiproxy.settings import Settings
+from apiproxy.demo.sandbox import Sandbox
+from apiproxy.policy.requestinfo import MalformedRequest, RequestInfo, classify
+from apiproxy.proxy.settings import Settings
 from tests.adversarial.corpus import CASES, Case, Concealed, Ctx
 from tests.adversarial.rawhttp import (
     K8S_LIST,

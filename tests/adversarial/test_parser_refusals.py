@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 from tests.adversarial.parser_choice import (
     PURE_PYTHON,
     check_the_parser_in_use,

@@ -20,8 +20,8 @@ from apiproxy.auth.jwt import DECKHOUSE_MAX_LIFETIME, DEFAULT_MAX_LIFETIME, MAX_
 from apiproxy.auth.keys import b64url_decode, b64url_encode
 from apiproxy.auth.mint import mint_token, sign
 from apiproxy.auth.truststore import TrustStore, parse_trust_json
-from apiproxy.authn import Authenticator
-from apiproxy.settings import Settings, settings_from_args
+from apiproxy.proxy.authn import Authenticator
+from apiproxy.proxy.settings import Settings, settings_from_args
 from tests.auth.helpers import ALPHA, FIXTURES, LOCAL, NOW, Clock, Cluster, deckhouse_entry
 
 HEADER = b'{"alg":"EdDSA"}'

@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 import pytest
 import yaml
 
-from apiproxy.settings import Settings, settings_from_args
+from apiproxy.proxy.settings import Settings, settings_from_args
 from tests.deploy.conftest import DEPLOY, ROOT, TARGETS, Manifest, find, one, render, require_module
 
 #: Kubernetes version the manifests are validated against (kubernetes-validate ships the schemas).

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from apiproxy.metrics import Metrics
+from apiproxy.proxy.metrics import Metrics
 from tests.deploy.conftest import OBSERVABILITY, Manifest, find, one, render, require_tool, run
 
 RULES = OBSERVABILITY / "apiproxy.rules.yaml"

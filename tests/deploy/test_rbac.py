@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apiproxy.policy_cli import cmd_rbac
+from apiproxy.policy.cli import cmd_rbac
 from tests.deploy.conftest import DEPLOY, ROOT, Manifest, one
 
 POLICY = Path("policies/istio-remote.yaml")  # relative: the generated header names it this way

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 from tests.e2e.scripted_upstream import ScriptedUpstream
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from apiproxy.auth.keys import b64url_encode
 from apiproxy.auth.mint import mint_token, sign
-from apiproxy.sandbox import Sandbox, new_cluster, write_trust_file
+from apiproxy.demo.sandbox import Sandbox, new_cluster, write_trust_file
 from tests.helpers import KUBECTL, eventually, kubectl
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "deckhouse"

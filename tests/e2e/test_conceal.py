@@ -22,7 +22,7 @@ import kubernetes
 import pytest
 
 from apiproxy import protowire as pw
-from apiproxy.sandbox import POLICIES_DIR, Sandbox
+from apiproxy.demo.sandbox import POLICIES_DIR, Sandbox
 from tests.helpers import KUBECTL, eventually, kubectl
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"

@@ -95,7 +95,7 @@ async def test_a_failed_step_is_reported_and_counted(
 ) -> None:
     """What makes ``--once`` exit non-zero: a step whose check fails is printed as FAILED and counted,
     and the next steps still run."""
-    from apiproxy.federation_demo import StepFailed, Tour
+    from apiproxy.demo.federation import StepFailed, Tour
 
     class Alive:
         """A cluster whose processes are all running (the only thing ``step`` asks of it)."""

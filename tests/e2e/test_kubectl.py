@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 from tests.helpers import KUBECTL, kubectl
 
 pytestmark = pytest.mark.skipif(not Path(KUBECTL).exists(), reason="kubectl is not installed")

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from apiproxy.certs import make_ca, write_serving_bundle
-from apiproxy.sandbox import Sandbox
-from apiproxy.settings import to_args
+from apiproxy.demo.sandbox import Sandbox
+from apiproxy.proxy.settings import to_args
 from tests.helpers import KUBECTL, eventually, kubectl
 
 PROMTOOL = shutil.which("promtool")

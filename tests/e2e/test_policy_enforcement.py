@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from apiproxy.sandbox import POLICIES_DIR, Sandbox
+from apiproxy.demo.sandbox import POLICIES_DIR, Sandbox
 from tests.helpers import KUBECTL, eventually, kubectl
 
 HAVE_KUBECTL = Path(KUBECTL).exists()

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from apiproxy import protowire as pw
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 from tests.e2e.scripted_upstream import ScriptedUpstream
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"

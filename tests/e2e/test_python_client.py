@@ -9,7 +9,7 @@ from pathlib import Path
 
 import kubernetes
 
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 
 
 def core_api(box: Sandbox) -> kubernetes.client.CoreV1Api:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 
 from apiproxy.auth.mint import mint_token
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 from tests.helpers import eventually
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiohttp
 
-from apiproxy.sandbox import Sandbox
-from apiproxy.settings import Settings, to_args
-from apiproxy.workers import worker_settings
+from apiproxy.demo.sandbox import Sandbox
+from apiproxy.proxy.settings import Settings, to_args
+from apiproxy.proxy.workers import worker_settings
 from benchmarks.procs import free_port
 from tests.e2e.test_operations import sample
 from tests.helpers import eventually

@@ -8,7 +8,8 @@ import pytest
 
 from apiproxy.cli import _build_parsers
 from apiproxy.exporter.settings import ExporterSettings
-from apiproxy.settings import Settings, parse_settings
+from apiproxy.proxy.settings import Settings
+from apiproxy.settings import parse_settings
 
 
 def exporter_settings(argv: list[str]) -> ExporterSettings:

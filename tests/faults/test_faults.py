@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from apiproxy.sandbox import Sandbox, write_trust_file
+from apiproxy.demo.sandbox import Sandbox, write_trust_file
 from tests.adversarial.rawhttp import (
     K8S_LIST,
     READ_DEADLINE,

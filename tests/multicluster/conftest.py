@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from apiproxy.auth.keys import public_key_pem
 from apiproxy.certs import make_ca, write_serving_bundle
+from apiproxy.demo.sandbox import RemoteCluster, Sandbox, write_trust_file
 from apiproxy.kubeconfig import render_kubeconfig
 from apiproxy.multicluster import model
 from apiproxy.multicluster.controller import Controller
@@ -35,7 +36,6 @@ from apiproxy.multicluster.kube import KubeObjects, secret_body
 from apiproxy.multicluster.main import connection_info, kube_configuration
 from apiproxy.multicluster.metrics import ControllerMetrics
 from apiproxy.multicluster.settings import MulticlusterSettings
-from apiproxy.sandbox import RemoteCluster, Sandbox, write_trust_file
 from apiproxy.simulator import Simulator
 from tests.helpers import eventually
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from apiproxy.auth.keys import public_key_pem
 from apiproxy.certs import make_ca
-from apiproxy.sandbox import write_trust_file
+from apiproxy.demo.sandbox import write_trust_file
 from tests.helpers import eventually
 from tests.multicluster.conftest import (
     OUR_UUID,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from apiproxy.sandbox import POLICIES_DIR, Sandbox
+from apiproxy.demo.sandbox import POLICIES_DIR, Sandbox
 from tests.real import gobuild
 from tests.real.cluster import RealCluster, StartError
 from tests.real.seed import Seeded, seed

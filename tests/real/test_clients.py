@@ -16,7 +16,7 @@ import aiohttp
 import kubernetes
 import pytest
 
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 from tests.helpers import eventually, kubectl
 from tests.real.conftest import Real
 

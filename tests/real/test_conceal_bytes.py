@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from apiproxy import conceal
 from apiproxy import protowire as pw
+from apiproxy.proxy import conceal
 from tests.real.conftest import Real
 
 SECRET = conceal.ConcealedKind("", "v1", "secrets", "Secret")

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 from tests.real.conftest import Real, real_sandbox
 
 Shape = dict[str, Any]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 from tests.helpers import eventually
 from tests.real.conftest import Real, real_sandbox
 

@@ -35,9 +35,9 @@ import yaml
 
 from apiproxy.auth.keys import b64url_decode
 from apiproxy.certs import Issued, make_ca, make_leaf
+from apiproxy.demo.sandbox import Sandbox, new_cluster
 from apiproxy.kubeconfig import render_kubeconfig
 from apiproxy.multicluster.model import TRUST_KEY, TRUST_SECRET
-from apiproxy.sandbox import Sandbox, new_cluster
 from tests.real import gobuild
 from tests.real.cluster import Process, RealCluster, StartError, _tail, free_port
 from tests.real.conftest import Real, real_sandbox

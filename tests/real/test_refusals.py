@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 from tests.helpers import kubectl
 from tests.real.conftest import Real
 from tests.real.test_clients import proxy_session

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from apiproxy.audit import SAFE_PARAMS, Exchange, audit_id, safe_target
+from apiproxy.proxy.audit import SAFE_PARAMS, Exchange, audit_id, safe_target
 
 
 def test_generated_audit_ids_are_random_v4_uuids() -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy import conceal as c
 from apiproxy import protowire as pw
+from apiproxy.proxy import conceal as c
+from apiproxy.proxy.upstream import Upstream, UpstreamError, UpstreamSettings
+from apiproxy.proxy.upstream_facts import RESOURCE_VERSION_PATH, UpstreamFacts
 from apiproxy.simulator import Simulator, seed_mesh
 from apiproxy.status import StatusError
-from apiproxy.upstream import Upstream, UpstreamError, UpstreamSettings
-from apiproxy.upstream_facts import RESOURCE_VERSION_PATH, UpstreamFacts
 
 SECRETS = c.ConcealedKind("", "v1", "secrets", "Secret")
 CONFIGMAPS = c.ConcealedKind("", "v1", "configmaps", "ConfigMap")

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from apiproxy.headers import (
+from apiproxy.proxy.headers import (
     FORWARDED_REQUEST_HEADERS,
     client_response_headers,
     upstream_request_headers,

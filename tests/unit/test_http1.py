@@ -1,4 +1,4 @@
-"""The upstream HTTP/1.1 client (``apiproxy.http1``) against scripted raw-byte upstreams on loopback.
+"""The upstream HTTP/1.1 client (``apiproxy.proxy.http1``) against scripted raw-byte upstreams on loopback.
 
 Every case is about what the proxy relays, and to whom: a response must never be attributed to the wrong
 request, a broken or hostile upstream must end in a bounded, labelled failure that leaks no connection,
@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from aiohttp.client_exceptions import ClientConnectionError, ClientPayloadError, ServerTimeoutError
 
-from apiproxy import http1
 from apiproxy.certs import ServingFiles, write_serving_bundle
-from apiproxy.upstream import client_ssl_context
+from apiproxy.proxy import http1
+from apiproxy.proxy.upstream import client_ssl_context
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(30)

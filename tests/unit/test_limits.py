@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apiproxy.limits import RateLimiter, TooManyRequests, WatchCounter, cap_watch_timeout
+from apiproxy.proxy.limits import RateLimiter, TooManyRequests, WatchCounter, cap_watch_timeout
 
 
 class Clock:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.memory import Glibc, HeapTrimmer, resident_bytes
+from apiproxy.proxy.memory import Glibc, HeapTrimmer, resident_bytes
 
 MiB = 2**20
 

@@ -7,10 +7,16 @@ import inspect
 from pathlib import Path
 
 import apiproxy
-from apiproxy import http1, limits
 from apiproxy.auth.errors import REASONS
 from apiproxy.badrequest import INVALID_REASONS
-from apiproxy.metrics import DENIAL_REASONS, RATE_LIMIT_KINDS, RELOAD_RESULTS, UPSTREAM_ERROR_KINDS, Metrics
+from apiproxy.proxy import http1, limits
+from apiproxy.proxy.metrics import (
+    DENIAL_REASONS,
+    RATE_LIMIT_KINDS,
+    RELOAD_RESULTS,
+    UPSTREAM_ERROR_KINDS,
+    Metrics,
+)
 
 PACKAGE = Path(apiproxy.__file__).parent
 

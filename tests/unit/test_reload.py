@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from apiproxy.proxy.upstream import TokenSource
 from apiproxy.reload import Reloader, WatchedFile
 from apiproxy.status import StatusError
-from apiproxy.upstream import TokenSource
 
 
 def parse_number(data: bytes, source: str) -> int:

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.settings import Settings, parse_duration, settings_from_args
+from apiproxy.proxy.settings import Settings, settings_from_args
+from apiproxy.settings import parse_duration
 from apiproxy.tlsconfig import parse_listen
 
 
@@ -82,7 +83,7 @@ def test_every_option_has_help() -> None:
     parser = argparse.ArgumentParser()
     from apiproxy.settings import add_arguments
 
-    add_arguments(parser)
+    add_arguments(parser, Settings)
     text = parser.format_help()
     assert "--upstream-token-file" in text and "--insecure-no-auth" in text
 
@@ -90,7 +91,7 @@ def test_every_option_has_help() -> None:
 def test_settings_round_trip_through_flags() -> None:
     from pathlib import Path
 
-    from apiproxy.settings import to_args
+    from apiproxy.proxy.settings import to_args
 
     original = Settings(
         tls_cert_file=Path("/c"),
@@ -106,7 +107,8 @@ def test_settings_round_trip_through_flags() -> None:
 def test_config_file_values_become_defaults_that_flags_override(tmp_path: Path) -> None:
     import argparse
 
-    from apiproxy.settings import add_arguments, serve_settings
+    from apiproxy.proxy.settings import serve_settings
+    from apiproxy.settings import add_arguments
 
     config = tmp_path / "apiproxy.yaml"
     config.write_text(
@@ -114,7 +116,7 @@ def test_config_file_values_become_defaults_that_flags_override(tmp_path: Path) 
         "rate-limit-qps: 5\n"
     )
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_arguments(parser, Settings)
     s = serve_settings(parser, ["--config", str(config), "--rate-limit-qps", "7"])
     assert s.listen == "127.0.0.1:8443"
     assert s.jwt_leeway == 120
@@ -141,4 +143,4 @@ def test_bad_config_files_name_the_key(tmp_path: Path, text: str, words: str) ->
     config = tmp_path / "c.yaml"
     config.write_text(text)
     with pytest.raises(ConfigFileError, match=words):
-        load_config(config)
+        load_config(config, Settings)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apiproxy.requestinfo import MalformedRequest, RequestInfo, classify
+from apiproxy.policy.requestinfo import MalformedRequest, RequestInfo, classify
 
 # kube-apiserver's requestinfo_test.go success cases, re-expressed (HEAD is refused here, see below):
 # method, url, verb, prefix, group, version, namespace, resource, subresource, name

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apiproxy.policy import Policy, PolicyError, forbidden_message, load_policy, parse_policy
-from apiproxy.requestinfo import MalformedRequest, classify
+from apiproxy.policy.requestinfo import MalformedRequest, classify
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
 HEAD = "apiVersion: apiproxy.io/v1alpha1\nkind: Policy\nrules:\n"
 
 

@@ -1,6 +1,6 @@
 """``apiproxy demo --proxy-only``: one proxy on loopback, and a guided tour of what it does.
 
-(``apiproxy demo`` without the flag runs the two-cluster federation tour of :mod:`apiproxy.federation_demo`.)
+(``apiproxy demo`` without the flag runs the two-cluster federation tour of :mod:`apiproxy.demo.federation`.)
 
 Nothing outside this machine is needed: a simulated kube-apiserver, the proxy in front of it with real
 TLS, a remote cluster "alpha" with its own Ed25519 key in a Deckhouse-format trust file, and a kubeconfig
@@ -13,16 +13,14 @@ import asyncio
 import json
 import shutil
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from apiproxy import logs
 from apiproxy.auth.mint import mint_token
-from apiproxy.sandbox import Sandbox
+from apiproxy.demo.sandbox import Sandbox
 
 KUBECTL = shutil.which("kubectl")
 
@@ -127,7 +125,7 @@ async def _denied(tour: Tour) -> str:
     if status != 403:
         raise RuntimeError(f"expected 403, got {status}")
     from apiproxy.policy import load_policy
-    from apiproxy.requestinfo import classify
+    from apiproxy.policy.requestinfo import classify
 
     alpha = box.clusters["alpha"]
     explanation = load_policy(box.policy).explain(
@@ -198,18 +196,3 @@ async def tour(workdir: Path, once: bool) -> int:
         return 0
     finally:
         await box.stop()
-
-
-def run_demo(*, once: bool, workdir: str, proxy_only: bool = False) -> int:
-    """The federation tour of two clusters, or with ``proxy_only`` the single-proxy tour below."""
-    from apiproxy.federation_demo import federation_tour
-
-    logs.configure("warning")
-    run = tour if proxy_only else federation_tour
-    try:
-        return asyncio.run(run(Path(workdir).resolve(), once))
-    except KeyboardInterrupt:
-        return 0
-    except Exception as exc:
-        print(f"demo failed: {exc!r}", file=sys.stderr)
-        return 1

@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 from aiohttp import ClientError
 
-from apiproxy import http1
-from apiproxy.conceal import BUILTIN_KINDS, ConcealedKind, kinds_from_discovery
+from apiproxy.proxy import http1
+from apiproxy.proxy.conceal import BUILTIN_KINDS, ConcealedKind, kinds_from_discovery
+from apiproxy.proxy.upstream import Upstream, UpstreamError
 from apiproxy.status import StatusError
-from apiproxy.upstream import Upstream, UpstreamError
 
 __all__ = ["RESOURCE_VERSION_PATH", "UpstreamFacts"]
 

@@ -27,7 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from apiproxy.httpedge import EdgeServer, by_path
-from apiproxy.settings import Settings, to_args
+from apiproxy.proxy.settings import Settings, to_args
 from apiproxy.tlsconfig import parse_listen
 
 log = logging.getLogger("apiproxy.workers")

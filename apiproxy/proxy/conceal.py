@@ -6,7 +6,8 @@ A policy rule with ``action: conceal`` names a resource a client insists on watc
 such a request upstream; it answers here:
 
 * LIST → an empty list of the right kind with the apiserver's current ``resourceVersion`` (read by the
-  caller, see :mod:`apiproxy.upstream_facts`), so a watch started from it is valid at the apiserver's clock;
+  caller, see :mod:`apiproxy.proxy.upstream_facts`), so a watch started from it is valid at the
+  apiserver's clock;
 * WATCH → a stream of BOOKMARK events only (when the client allows bookmarks), the first one marked
   ``k8s.io/initial-events-end`` for a streaming list (``sendInitialEvents=true``);
 * GET of a name → 404 ``Status`` worded as kube-apiserver words it.

@@ -12,22 +12,22 @@ from pathlib import Path
 from aiohttp import web
 from cryptography import x509
 
-from apiproxy.audit import AuditLog
 from apiproxy.auth.errors import TrustStoreError
 from apiproxy.auth.mtls import build_client_ca_bundle
 from apiproxy.auth.principal import Principal
 from apiproxy.auth.secretsource import SecretTrustSource, kubernetes_stream
 from apiproxy.auth.truststore import TrustSnapshotSource, TrustSource, TrustStore
-from apiproxy.authn import Authenticator, insecure_authenticator
 from apiproxy.httpedge import EdgeServer, by_path
-from apiproxy.memory import Glibc, HeapTrimmer
-from apiproxy.metrics import Metrics
 from apiproxy.policy import Policy, parse_policy
+from apiproxy.proxy.audit import AuditLog
+from apiproxy.proxy.authn import Authenticator, insecure_authenticator
+from apiproxy.proxy.memory import Glibc, HeapTrimmer
+from apiproxy.proxy.metrics import Metrics
+from apiproxy.proxy.server import Authenticate, Limits, ProxyHandler, ProxyServer
+from apiproxy.proxy.settings import Settings
+from apiproxy.proxy.upstream import Upstream, UpstreamSettings
 from apiproxy.reload import Reloader, WatchedFile, WatchedFiles
-from apiproxy.server import Authenticate, Limits, ProxyHandler, ProxyServer
-from apiproxy.settings import Settings
 from apiproxy.tlsconfig import LiveServerTLS, parse_listen
-from apiproxy.upstream import Upstream, UpstreamSettings
 
 log = logging.getLogger("apiproxy")
 

@@ -20,7 +20,7 @@ import sys
 from typing import Any, TextIO
 
 from apiproxy.policy import Policy, PolicyError, load_policy
-from apiproxy.requestinfo import MalformedRequest, classify
+from apiproxy.policy.requestinfo import MalformedRequest, classify
 
 __all__ = ["add_commands", "cmd_check", "cmd_explain", "cmd_rbac", "target_from_url"]
 

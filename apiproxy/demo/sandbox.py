@@ -18,16 +18,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from apiproxy import app
 from apiproxy.auth.keys import public_key_pem
 from apiproxy.auth.mint import mint_token
 from apiproxy.certs import Issued, make_ca, make_leaf, write_serving_bundle
 from apiproxy.kubeconfig import render_kubeconfig
-from apiproxy.settings import Settings
+from apiproxy.proxy import app
+from apiproxy.proxy.settings import Settings
 from apiproxy.simulator import Simulator, seed_mesh
 
 #: Where the shipped policies live when running from a source checkout.
-POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"
+POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 
 
 @dataclass

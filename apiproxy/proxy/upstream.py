@@ -20,7 +20,7 @@ from aiohttp import ClientError
 from multidict import CIMultiDict
 from yarl import URL
 
-from apiproxy import http1
+from apiproxy.proxy import http1
 from apiproxy.reload import Signature, file_signature
 from apiproxy.status import StatusError
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from apiproxy.auth.principal import Principal
-from apiproxy.requestinfo import FORWARDED_PARAMS, RequestInfo
+from apiproxy.policy.requestinfo import FORWARDED_PARAMS, RequestInfo
 
 _AUDIT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 

@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apiproxy import protowire as pw
-from apiproxy.requestinfo import classify
-from apiproxy.reviews import ReviewBodyError, check_review_body, review_media_type
+from apiproxy.policy.requestinfo import classify
+from apiproxy.policy.reviews import ReviewBodyError, check_review_body, review_media_type
 
 TR = "/apis/authentication.k8s.io/v1/tokenreviews"
 SAR = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 PB = "application/vnd.kubernetes.protobuf"
-CLIENT_GO = Path(__file__).parent / "fixtures" / "client-go"
+CLIENT_GO = Path(__file__).resolve().parents[1] / "fixtures" / "client-go"
 #: Bodies a client-go clientset with ``ContentType: application/vnd.kubernetes.protobuf`` sent.
 RECORDED_TR = (CLIENT_GO / "tokenreview-v1.pb").read_bytes()
 RECORDED_SAR = (CLIENT_GO / "subjectaccessreview-v1.pb").read_bytes()

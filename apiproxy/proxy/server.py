@@ -18,22 +18,22 @@ import aiohttp
 from aiohttp import http_exceptions, web
 from multidict import CIMultiDict
 
-from apiproxy import conceal, http1
-from apiproxy.audit import AuditLog, Exchange, audit_id, escaped, safe_target
 from apiproxy.auth.principal import Principal
-from apiproxy.authn import Unauthorized
 from apiproxy.badrequest import KNOWN_METHODS, Invalid, from_parser_error, invalid
-from apiproxy.headers import client_response_headers, upstream_request_headers
 from apiproxy.httpedge import EdgeRequest, EdgeServer, log_internal_error
 from apiproxy.httpedge import peer as _peer
-from apiproxy.limits import RateLimiter, TooManyRequests, WatchCounter, cap_watch_timeout
-from apiproxy.metrics import OTHER, Metrics
 from apiproxy.policy import Decision, Policy, forbidden_message
-from apiproxy.requestinfo import MalformedRequest, RequestInfo, classify
-from apiproxy.reviews import check_review_body
+from apiproxy.policy.requestinfo import MalformedRequest, RequestInfo, classify
+from apiproxy.policy.reviews import check_review_body
+from apiproxy.proxy import conceal, http1
+from apiproxy.proxy.audit import AuditLog, Exchange, audit_id, escaped, safe_target
+from apiproxy.proxy.authn import Unauthorized
+from apiproxy.proxy.headers import client_response_headers, upstream_request_headers
+from apiproxy.proxy.limits import RateLimiter, TooManyRequests, WatchCounter, cap_watch_timeout
+from apiproxy.proxy.metrics import OTHER, Metrics
+from apiproxy.proxy.upstream import Upstream, UpstreamError
+from apiproxy.proxy.upstream_facts import UpstreamFacts
 from apiproxy.status import StatusError, status_response
-from apiproxy.upstream import Upstream, UpstreamError
-from apiproxy.upstream_facts import UpstreamFacts
 
 log = logging.getLogger("apiproxy.server")
 
@@ -398,7 +398,7 @@ class ProxyHandler:
             ex.reason = "the client went away"
         return response
 
-    # -- concealed resources: answered here, nothing forwarded (see apiproxy.conceal) ------------------
+    # -- concealed resources: answered here, nothing forwarded (see apiproxy.proxy.conceal) ------------------
 
     async def _conceal(
         self, request: web.BaseRequest, ex: Exchange, principal: Principal, info: RequestInfo

@@ -117,7 +117,7 @@ class RequestInfo:
 
 # A frozen dataclass's __init__ goes through object.__setattr__ once per field, which costs about as much
 # as the rest of classify() together. classify() fills the slots directly instead; the result is the same
-# object the normal constructor builds (tests/test_requestinfo.py checks that).
+# object the normal constructor builds (tests/policy/test_requestinfo.py checks that).
 _NEW = object.__new__
 (
     _S_METHOD,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from apiproxy.policy_cli import add_commands, target_from_url
+from apiproxy.policy.cli import add_commands, target_from_url
 
-POLICY = str(Path(__file__).resolve().parent.parent / "policies" / "istio-remote.yaml")
+POLICY = str(Path(__file__).resolve().parents[2] / "policies" / "istio-remote.yaml")
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -35,15 +35,15 @@ import yaml
 
 from apiproxy.auth.keys import load_public_key
 from apiproxy.certs import write_serving_bundle
+from apiproxy.demo.sandbox import Sandbox
 from apiproxy.kubeconfig import render_kubeconfig
 from apiproxy.metadata import DEFAULT_CLUSTER_DOMAIN
 from apiproxy.multicluster import model
 from apiproxy.multicluster.identity import fingerprint
-from apiproxy.sandbox import Sandbox
 from apiproxy.simulator import Simulator, seed_mesh
 
 KUBECTL = shutil.which("kubectl")
-CRD_FILE = Path(__file__).resolve().parent.parent / "deploy" / "multicluster" / "crd.yaml"
+CRD_FILE = Path(__file__).resolve().parents[2] / "deploy" / "multicluster" / "crd.yaml"
 NAMESPACE = "d8-istio"
 CONDITIONS = ("PublicMetadataExchangeReady", "PrivateMetadataExchangeReady", "RemoteAPIServerReady", "Ready")
 #: How long each wait of the tour may take before its step fails (the whole tour takes seconds).

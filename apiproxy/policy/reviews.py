@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from apiproxy import protowire
 from apiproxy.jsonutil import no_duplicate_keys
-from apiproxy.requestinfo import MalformedRequest, RequestInfo
+from apiproxy.policy.requestinfo import MalformedRequest, RequestInfo
 
 __all__ = [
     "JSON_MEDIA_TYPE",
