@@ -30,7 +30,7 @@ from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.web_protocol import ERROR as PARSE_ERROR_MESSAGE
 from aiohttp.web_protocol import RequestPayloadError
 
-from apiproxy.badrequest import Invalid, from_parser_error
+from apiproxy.badrequest import KNOWN_METHODS, Invalid, from_parser_error, invalid
 
 #: aiohttp's own default for ``max_line_size`` and ``max_field_size``.
 AIOHTTP_LIMIT: Final = 8190
@@ -147,6 +147,24 @@ class EdgeServer(web.Server):
         self.logger = logger
         self.max_line_size = int(kwargs.get("max_line_size", AIOHTTP_LIMIT))
         self.max_field_size = int(kwargs.get("max_field_size", AIOHTTP_LIMIT))
+        self._handler = handler
+        self.request_handler = self._past_the_edge
+
+    async def _past_the_edge(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Refuse what one HTTP parser lets through and the other does not, before any handler sees it:
+        an HTTP version other than 1.0 and 1.1 (the pure-Python parser passes any ``HTTP/d.d``) and a
+        method nobody implements (the C parser refuses those itself; the pure-Python one accepts any
+        token). So every port answers such a request alike, whichever parser aiohttp picked."""
+        refusal = None
+        if isinstance(request, EdgeRequest) and request.unsupported_version:
+            refusal = invalid("bad_version", self.max_field_size)
+        elif request.method not in KNOWN_METHODS:
+            refusal = invalid("bad_method", self.max_field_size)
+        if refusal is None:
+            return await self._handler(request)
+        response = self.refuse_invalid(request, refusal)
+        response.force_close()
+        return response
 
     def __call__(self) -> web.RequestHandler:
         # As web.Server.__call__, which reads the same two attributes.

@@ -36,6 +36,15 @@ _ALLOW: Final = "GET, HEAD"
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
+#: The ``error`` field of a parser refusal, by status.
+_REFUSAL_ERRORS: Final = {
+    400: "bad_request",
+    414: "uri_too_long",
+    431: "request_header_fields_too_large",
+    501: "not_implemented",
+}
+
+
 def _json(status: int, value: Any, **headers: str) -> web.Response:
     return web.Response(
         status=status,
@@ -51,8 +60,10 @@ class ExporterServer(EdgeServer):
     answered in the exporter's JSON error shape with fixed text, never a byte of the request: for an
     oversized ``Authorization`` header, aiohttp's own answer and log line would quote the token.
 
-    Every parser refusal is a 400 ``bad_request`` whose ``reason`` names what was wrong; a failure of
-    the handler is a 500 ``internal_error``. ``on_error`` counts both by status code.
+    A parser refusal has the status the proxy gives it (:mod:`apiproxy.badrequest`: 414 for a long
+    request line, 431 for a long header, 501 for an unknown method, else 400) and an ``error`` naming
+    that status, with a ``reason`` naming what was wrong; a failure of the handler is a 500
+    ``internal_error``. ``on_error`` counts both by status code.
     """
 
     def __init__(
@@ -64,8 +75,9 @@ class ExporterServer(EdgeServer):
         self._on_error = on_error
 
     def answer_invalid(self, refusal: Invalid) -> web.StreamResponse:
-        self._count(400)
-        return _json(400, {"error": "bad_request", "reason": refusal.reason, "message": refusal.message})
+        self._count(refusal.code)
+        error = _REFUSAL_ERRORS.get(refusal.code, "bad_request")
+        return _json(refusal.code, {"error": error, "reason": refusal.reason, "message": refusal.message})
 
     def answer_failure(self, code: int) -> web.StreamResponse:
         self._count(code)

@@ -17,7 +17,8 @@ from apiproxy.auth import REASONS
 #: Metrics label of each path (``other`` for everything unknown).
 ENDPOINTS: Final = ("public", "spiffe_bundle", "multicluster", "federation", "healthz", "readyz", "other")
 PRIVATE: Final = ("multicluster", "federation")
-CODES: Final = ("200", "304", "400", "401", "404", "405", "500", "503")
+#: Every status the exporter answers with (414, 431 and 501 are refusals of its HTTP parser).
+CODES: Final = ("200", "304", "400", "401", "404", "405", "414", "431", "500", "501", "503")
 #: Every source the exporter can follow, Kubernetes objects and files alike.
 SOURCES: Final = (
     "authn_key",

@@ -19,8 +19,8 @@ from aiohttp import http_exceptions, web
 from multidict import CIMultiDict
 
 from apiproxy.auth.principal import Principal
-from apiproxy.badrequest import KNOWN_METHODS, Invalid, from_parser_error, invalid
-from apiproxy.httpedge import EdgeRequest, EdgeServer, log_internal_error
+from apiproxy.badrequest import Invalid, from_parser_error
+from apiproxy.httpedge import EdgeServer, log_internal_error
 from apiproxy.httpedge import peer as _peer
 from apiproxy.policy import Decision, Policy, forbidden_message
 from apiproxy.policy.requestinfo import MalformedRequest, RequestInfo, classify
@@ -164,9 +164,6 @@ class ProxyHandler:
     # -- the pipeline ---------------------------------------------------------------------------------
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        early = self._unreadable(request)
-        if early is not None:
-            return self.refuse_invalid(request, early)
         target = request.raw_path
         endpoint = self.endpoints.get(target.partition("?")[0])
         if endpoint is not None and request.method == "GET":
@@ -530,16 +527,6 @@ class ProxyHandler:
             ex.reason = "the client went away"
 
     # -- refusals and accounting ----------------------------------------------------------------------
-
-    def _unreadable(self, request: web.BaseRequest) -> Invalid | None:
-        """Refusals decided before anything of the request is looked at: an HTTP version other than 1.0
-        and 1.1 (the pure-Python parser passes any ``HTTP/d.d``), or a method nobody implements (the C
-        parser refuses those itself; the pure-Python one accepts any token)."""
-        if isinstance(request, EdgeRequest) and request.unsupported_version:
-            return invalid("bad_version", self.max_header_bytes)
-        if request.method not in KNOWN_METHODS:
-            return invalid("bad_method", self.max_header_bytes)
-        return None
 
     def refuse_invalid(self, request: web.BaseRequest, refusal: Invalid) -> web.Response:
         """Answer a request that cannot be read with a ``Status``, close the connection, and account for
