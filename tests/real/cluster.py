@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,9 +334,26 @@ class RealCluster:
         return revision
 
     def audit_events(self) -> list[dict[str, Any]]:
+        """What the audit log holds now. kube-apiserver writes a request's event after its response is
+        out, so a request that just returned may not be in it yet: use :meth:`settled_audit_events`."""
         if not self.audit_log.exists():
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+
+    def settled_audit_events(self, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """The audit log once everything answered before this call is in it: a marker request is sent
+        after them, and the log is read until the marker's own event is there."""
+        marker = f"audit-marker-{uuid.uuid4().hex[:12]}"
+        status, _, _ = self.request("GET", f"/api/v1/namespaces/default/configmaps/{marker}")
+        assert status == 404, status
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.audit_events()
+            if any(e.get("objectRef", {}).get("name") == marker for e in events):
+                return events
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the apiserver did not audit {marker} within {timeout:.0f}s")
+            time.sleep(0.05)
 
     def audit_events_by(self, username: str) -> Iterator[dict[str, Any]]:
         for event in self.audit_events():

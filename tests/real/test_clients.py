@@ -99,12 +99,12 @@ async def test_kubectl_watch_sees_a_change_made_on_the_apiserver(real: Real, pro
 async def test_kubectl_auth_can_i_is_refused_by_the_proxy_not_answered_upstream(
     real: Real, proxy: Sandbox
 ) -> None:
-    before = len(real.cluster.audit_events())
+    before = len(real.cluster.settled_audit_events())
     result = await kubectl(proxy.kubeconfig(), "auth", "can-i", "list", "pods")
     # SelfSubjectAccessReview is a create the policy does not allow: kubectl prints the proxy's Status.
     assert result.returncode != 0
     assert "forbidden" in (result.stdout + result.stderr).lower()
-    after = real.cluster.audit_events()[before:]
+    after = real.cluster.settled_audit_events()[before:]
     assert not [e for e in after if e.get("objectRef", {}).get("resource") == "selfsubjectaccessreviews"]
 
 

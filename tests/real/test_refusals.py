@@ -99,12 +99,14 @@ async def test_refused_requests_never_reach_the_apiserver(
 ) -> None:
     ns, pod = some_pod(real)
     argv = [a.format(ns=ns, pod=pod) for a in args]
-    before = len(real.cluster.audit_events())
+    before = len(real.cluster.settled_audit_events())
     result = await kubectl(proxy.kubeconfig(), *argv, timeout=60)
     assert result.returncode != 0, result.stdout
     assert expect in (result.stdout + result.stderr).lower(), result.stderr
     # kubectl's discovery and reads pass (they are allowed); nothing else reached the apiserver.
-    reached = [e for e in real.cluster.audit_events()[before:] if e["user"]["username"] == real.proxy_user]
+    reached = [
+        e for e in real.cluster.settled_audit_events()[before:] if e["user"]["username"] == real.proxy_user
+    ]
     assert not [e for e in reached if not is_plain_read(e)], reached
     # ... and the state agrees.
     assert real.cluster.kubectl("get", "configmap", "planted", "-n", "accounts", check=False).returncode != 0
@@ -137,12 +139,12 @@ async def test_a_caller_token_is_not_a_credential_at_the_apiserver(real: Real, p
     and the proxy answered with its own identity (the apiserver's audit names it)."""
     status, _, _ = real.cluster.request("GET", "/api/v1/pods?limit=1", token=proxy.clusters["alpha"].token)
     assert status == 401
-    before = len(real.cluster.audit_events())
+    before = len(real.cluster.settled_audit_events())
     async with proxy_session(proxy) as http, http.get("/api/v1/namespaces/accounts/pods?limit=1") as resp:
         assert resp.status == 200
     served = [
         e
-        for e in real.cluster.audit_events()[before:]
+        for e in real.cluster.settled_audit_events()[before:]
         if e.get("objectRef", {}).get("resource") == "pods"
         and e.get("objectRef", {}).get("namespace") == "accounts"
     ]
