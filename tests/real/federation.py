@@ -421,6 +421,20 @@ class Member:
         assert obj is not None, f"{kind} {name} is gone"
         return str(obj["metadata"]["resourceVersion"])
 
+    def refused(self) -> list[tuple[str, str, str, int]]:
+        """Requests of the kit's three service accounts that this apiserver refused (401, 403): with
+        the RBAC they were given, there must be none."""
+        users = {
+            self.cluster.service_account_user(PROXY_NS, PROXY_SA),
+            self.cluster.service_account_user(NS, EXPORTER_SA),
+            self.cluster.service_account_user(NS, CONTROLLER_SA),
+        }
+        return [
+            (e["user"]["username"], e["verb"], e["requestURI"], e["responseStatus"]["code"])
+            for e in self.cluster.audit_events()
+            if e.get("user", {}).get("username") in users and e["responseStatus"]["code"] in (401, 403)
+        ]
+
     def peer_with(self, other: Member) -> None:
         """``kubectl apply`` an IstioMulticluster naming ``other``'s metadata endpoint and CA, as an
         administrator does."""

@@ -13,7 +13,7 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,7 +73,7 @@ def east_token_for_west(fed: Federation, tmp_path: Path) -> str:
 
 
 def test_both_sides_establish_and_easts_istiod_reads_west_through_its_proxy(
-    fed: Federation, tmp_path: Path
+    fed: Federation, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     east, west = fed.members
     began = time.monotonic()
@@ -92,6 +92,7 @@ def test_both_sides_establish_and_easts_istiod_reads_west_through_its_proxy(
 
     fed.wait(both_ready, "both IstioMulticlusters Ready", timeout=90)
     elapsed = time.monotonic() - created
+    record_property("created_to_both_ready_seconds", round(elapsed, 3))
     print(
         f"both resources created -> both sides Ready: {elapsed:.2f}s "
         f"(the two kubectl applies: {created - began:.2f}s)"
@@ -235,7 +236,7 @@ def test_a_token_signed_by_a_non_federated_cluster_is_refused_before_the_apiserv
 
 
 def test_deleting_the_resource_on_west_refuses_east_and_closes_its_watch(
-    fed: Federation, tmp_path: Path
+    fed: Federation, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     east, west = fed.members
     assert ready(west, "east")
@@ -256,6 +257,8 @@ def test_deleting_the_resource_on_west_refuses_east_and_closes_its_watch(
         closed_after = watch.ended_at - deleted
     finally:
         watch.close()
+    record_property("deleted_to_refused_seconds", round(refused_after, 3))
+    record_property("deleted_to_watch_closed_seconds", round(closed_after, 3))
     print(
         f"IstioMulticluster deleted on west -> east's token refused at west's proxy after "
         f"{refused_after:.2f}s, "
@@ -310,3 +313,10 @@ def test_a_controller_killed_mid_exchange_resumes_with_its_key_and_one_remote_se
     fed.wait(
         lambda: west.get(f"{west.proxy_url}/api/v1/namespaces?limit=1", token)[0] == 200, "east reads west"
     )
+
+
+def test_no_part_asked_its_apiserver_for_more_than_its_shipped_rbac_allows(fed: Federation) -> None:
+    """Everything above ran with the RBAC deploy/ ships (and the proxy's trust-Secret reader): the
+    apiservers refused none of the parts' requests."""
+    for member in fed.members:
+        assert member.refused() == [], member.name
