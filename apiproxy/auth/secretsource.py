@@ -8,7 +8,7 @@ raises (once) the error of a broken Secret, keeping the previous snapshot. A del
 keeps the last good snapshot and is reported as an error.
 
 The Kubernetes API is reached only through ``stream_factory``; the default uses the ``kubernetes``
-client, tests pass a fake.
+client (``$KUBECONFIG`` when set, else the in-cluster service account), tests pass a fake.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -32,15 +33,18 @@ StreamFactory = Callable[[str, str, threading.Event], Iterable[Mapping[str, Any]
 
 
 def kubernetes_stream(api: Any = None) -> StreamFactory:
-    """A ``StreamFactory`` over the ``kubernetes`` client (in-cluster config unless ``api`` is given):
-    :func:`~apiproxy.kubewatch.list_then_watch` of the one Secret."""
+    """A ``StreamFactory`` over the ``kubernetes`` client: :func:`~apiproxy.kubewatch.list_then_watch` of
+    the one Secret. Logged in with ``api`` when given, else with the kubeconfig ``$KUBECONFIG`` names (as
+    kubectl would: a proxy run outside a pod), else with the in-cluster service account."""
 
     clients: list[KubernetesClient] = []  # made on first use (in the watch thread), then reused
 
     def factory(namespace: str, name: str, stop: threading.Event) -> Iterator[Mapping[str, Any]]:
         if not clients:
             clients.append(
-                KubernetesClient.from_config() if api is None else KubernetesClient(api.api_client)
+                KubernetesClient.from_config(os.environ.get("KUBECONFIG") or None)
+                if api is None
+                else KubernetesClient(api.api_client)
             )
         yield from list_then_watch(clients[0], WatchTarget("secrets", namespace, name=name), stop)
 

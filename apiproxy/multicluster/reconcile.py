@@ -94,7 +94,9 @@ async def reconcile(
     existing_api_token: str | None = None,
     claimed_by_other: Callable[[str], str | None] = lambda _uuid: None,
 ) -> Result:
-    """Run the steps of the issue in order; a failing step marks the later ones as waiting."""
+    """Run the steps of the issue in order; a failing step marks the later ones as waiting, except the
+    remote API check of an established peer, which is made with istiod's token whatever the metadata
+    endpoint does (it is down, istiod's access is not)."""
     status = dict(status or {})
     now = ctx.clock()
     tls = TLSOptions(spec.ca_pem, spec.insecure_skip_verify)
@@ -207,9 +209,17 @@ async def reconcile(
         results.append(await _check_api(fetcher, private.api_host, tls, api_token))
         steps.api_ok = results[-1].ok
     else:
-        results.append(
-            Condition(cond.REMOTE_API, False, Reason.WAITING_PRIVATE, "private metadata is not ready")
-        )
+        established = None if duplicate else _established_api(status, pinned_public, existing_api_token, ctx)
+        if established is None:
+            results.append(
+                Condition(cond.REMOTE_API, False, Reason.WAITING_PRIVATE, "private metadata is not ready")
+            )
+        else:
+            # The metadata exchange failed, but istiod still reads the peer with the token it holds: the
+            # remote API is checked with that token, so this condition says whether istiod's access works.
+            steps.api_host, existing_token = established
+            results.append(await _check_api(fetcher, steps.api_host, tls, existing_token))
+            steps.api_ok = results[-1].ok
 
     results.append(cond.ready(results))
     ok = all(c.ok for c in results)
@@ -276,6 +286,25 @@ async def reconcile(
         insecure=spec.insecure_skip_verify,
         steps=steps,
     )
+
+
+def _established_api(
+    status: Mapping[str, Any],
+    pinned_public: PublicMetadata | None,
+    existing_api_token: str | None,
+    ctx: Context,
+) -> tuple[str, str] | None:
+    """(API host, token) of an established peer: pinned, its private metadata cached, and istiod's remote
+    secret holding an unexpired API token we minted for it. None when any of that is missing."""
+    private = outputs.private_from_status(status)
+    if pinned_public is None or private is None or not existing_api_token:
+        return None
+    info = tokens.inspect_own_token(
+        existing_api_token, ctx.signing_key, our_uuid=ctx.our_uuid, peer_uuid=pinned_public.cluster_uuid
+    )
+    if info is None or info.expires <= ctx.clock():
+        return None
+    return private.api_host, existing_api_token
 
 
 def _vouched_next_key(raw: bytes, observed: PublicMetadata) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from apiproxy.auth import secretsource
 from apiproxy.auth.errors import TrustStoreError
 from apiproxy.auth.secretsource import SecretTrustSource
 from tests.auth.helpers import ALPHA, BETA, FIXTURES
@@ -77,3 +78,22 @@ def test_background_thread_reconnects() -> None:
         source.stop()
     assert len(calls) >= 3
     assert source.refresh() is True and list(source.current.clusters) == [ALPHA]
+
+
+def test_the_kubernetes_login_is_kubeconfig_when_named_else_in_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logins: list[str | None] = []
+
+    def from_config(kubeconfig: str | None = None, **_: Any) -> Any:
+        logins.append(kubeconfig)
+        raise RuntimeError("no cluster here")
+
+    monkeypatch.setattr(secretsource.KubernetesClient, "from_config", staticmethod(from_config))
+    monkeypatch.setenv("KUBECONFIG", "/etc/apiproxy/kubeconfig")
+    with pytest.raises(RuntimeError):
+        next(iter(secretsource.kubernetes_stream()("d8-istio", "s", threading.Event())))
+    monkeypatch.delenv("KUBECONFIG")
+    with pytest.raises(RuntimeError):
+        next(iter(secretsource.kubernetes_stream()("d8-istio", "s", threading.Event())))
+    assert logins == ["/etc/apiproxy/kubeconfig", None]

@@ -454,6 +454,53 @@ async def test_each_failure_sets_its_condition_and_keeps_what_was_established(
     assert result.remote_secret is None or kind == cond.REMOTE_API
 
 
+def istiod_token(result: Result) -> str:
+    assert result.remote_secret is not None
+    config = yaml.safe_load(next(iter(result.remote_secret["stringData"].values())))
+    return str(config["users"][0]["user"]["token"])
+
+
+@pytest.mark.parametrize(
+    "down",
+    [
+        {"/metadata/public/public.json": FetchError(Reason.FETCH_FAILED, "connection refused")},
+        {"/metadata/private/multicluster.json": FetchError(Reason.TIMEOUT, "slow")},
+    ],
+)
+async def test_the_remote_api_of_an_established_peer_is_checked_while_its_metadata_endpoint_fails(
+    down: dict[str, FetchError],
+) -> None:
+    established = await reconcile(spec(), None, ctx(), ScriptedPeer.healthy(PEER_KEY))
+    token = istiod_token(established)
+    peer = ScriptedPeer.healthy(PEER_KEY)
+    peer.answers.update(down)
+    result = await reconcile(spec(), established.status, ctx(), peer, existing_api_token=token)
+    assert not result.ok and conditions_of(result)["Ready"]["status"] == "False"
+    api = conditions_of(result)[cond.REMOTE_API]
+    assert (api["status"], api["reason"]) == ("True", Reason.REACHABLE)
+    assert [r.token for r in peer.requests if r.url.endswith(("/api", "/readyz"))] == [token, token]
+    assert result.remote_secret is None, "nothing is re-minted or rewritten from a failed exchange"
+
+    # the proxy down too: the condition says so, with the fetch reason
+    peer.answers["/api"] = FetchError(Reason.FETCH_FAILED, "connection refused")
+    both = await reconcile(spec(), result.status, ctx(), peer, existing_api_token=token)
+    api = conditions_of(both)[cond.REMOTE_API]
+    assert (api["status"], api["reason"]) == ("False", Reason.FETCH_FAILED)
+
+
+async def test_without_istiods_token_a_failed_exchange_leaves_the_remote_api_waiting() -> None:
+    established = await reconcile(spec(), None, ctx(), ScriptedPeer.healthy(PEER_KEY))
+    peer = ScriptedPeer.healthy(PEER_KEY)
+    peer.answers["/metadata/public/public.json"] = FetchError(Reason.FETCH_FAILED, "connection refused")
+    foreign = tokens.api_token(
+        ed25519.Ed25519PrivateKey.generate(), our_uuid=OUR_UUID, peer_uuid=PEER_UUID, now=NOW, ttl=DAY
+    )
+    for existing in (None, foreign):
+        result = await reconcile(spec(), established.status, ctx(), peer, existing_api_token=existing)
+        assert reason(result, cond.REMOTE_API) == Reason.WAITING_PRIVATE
+    assert not [r for r in peer.requests if r.url.endswith("/api")]
+
+
 async def test_missing_gateways_are_fine_when_the_ingress_gateway_is_disabled() -> None:
     peer = ScriptedPeer.healthy(PEER_KEY)
     peer.answers["/metadata/private/multicluster.json"] = private_doc(ingressGateways=[])
