@@ -206,6 +206,13 @@ async def reconcile(
             api_token, token_expires = existing_api_token, info.expires
         results.append(await _check_api(fetcher, private.api_host, tls, api_token))
         steps.api_ok = results[-1].ok
+    elif (established := _established_api(status, pinned_public, existing_api_token, duplicate)) is not None:
+        # The metadata could not be refreshed, but istiod still reads the peer with the remote secret
+        # written before: check the API it uses, with its token, so the condition says whether the
+        # peer's services are still current rather than merely that the metadata step failed.
+        steps.api_host, token = established
+        results.append(await _check_api(fetcher, steps.api_host, tls, token))
+        steps.api_ok = results[-1].ok
     else:
         results.append(
             Condition(cond.REMOTE_API, False, Reason.WAITING_PRIVATE, "private metadata is not ready")
@@ -276,6 +283,20 @@ async def reconcile(
         insecure=spec.insecure_skip_verify,
         steps=steps,
     )
+
+
+def _established_api(
+    status: Mapping[str, Any],
+    pinned_public: PublicMetadata | None,
+    existing_api_token: str | None,
+    duplicate: bool,
+) -> tuple[str, str] | None:
+    """The API host and istiod's token of an established peer (pinned, its private metadata cached, a
+    remote secret written), or None when nothing was established yet."""
+    cached = outputs.private_from_status(status)
+    if duplicate or pinned_public is None or cached is None or not existing_api_token:
+        return None
+    return cached.api_host, existing_api_token
 
 
 def _vouched_next_key(raw: bytes, observed: PublicMetadata) -> str | None:

@@ -454,6 +454,46 @@ async def test_each_failure_sets_its_condition_and_keeps_what_was_established(
     assert result.remote_secret is None or kind == cond.REMOTE_API
 
 
+def api_token_in(result: Result) -> str:
+    assert result.remote_secret is not None
+    kubeconfig = next(iter(result.remote_secret["stringData"].values()))
+    return str(yaml.safe_load(kubeconfig)["users"][0]["user"]["token"])
+
+
+@pytest.mark.parametrize("suffix", ["/metadata/public/public.json", "/metadata/private/multicluster.json"])
+async def test_metadata_down_after_establishment_still_checks_the_api_istiod_uses(suffix: str) -> None:
+    """The exporter is down, the proxy is not: the remote API is checked with the remote secret's token
+    at the cached API host, so RemoteAPIServerReady tells whether istiod's view of the peer is current."""
+    established = await reconcile(spec(), None, ctx(), ScriptedPeer.healthy(PEER_KEY))
+    token = api_token_in(established)
+    peer = ScriptedPeer.healthy(PEER_KEY)
+    peer.answers[suffix] = FetchError(Reason.FETCH_FAILED, "GET peer.example/metadata/: refused")
+    result = await reconcile(spec(), established.status, ctx(), peer, existing_api_token=token)
+    assert not result.ok
+    assert reason(result, "Ready") == Reason.FETCH_FAILED
+    assert conditions_of(result)[cond.REMOTE_API]["status"] == "True"
+    assert reason(result, cond.REMOTE_API) == Reason.REACHABLE
+    api_requests = [r for r in peer.requests if r.url.startswith("https://api.peer.example:4443/")]
+    assert [r.url.rsplit("/", 1)[1] for r in api_requests] == ["api", "readyz"]
+    assert all(r.token == token for r in api_requests), "istiod's own token, not a new one"
+    assert result.remote_secret is None, "nothing is re-written from stale metadata"
+    assert result.steps.api_host == "api.peer.example:4443" and result.steps.api_ok
+    # and when the proxy is down too, the condition says that
+    peer.answers["/api"] = FetchError(Reason.FETCH_FAILED, "GET api.peer.example/api: refused")
+    down = await reconcile(spec(), established.status, ctx(), peer, existing_api_token=token)
+    assert conditions_of(down)[cond.REMOTE_API]["status"] == "False"
+    assert reason(down, cond.REMOTE_API) == Reason.FETCH_FAILED
+    assert down.steps.api_ok is False
+
+
+async def test_metadata_down_before_establishment_leaves_the_api_waiting() -> None:
+    peer = ScriptedPeer.healthy(PEER_KEY)
+    peer.answers["/metadata/public/public.json"] = FetchError(Reason.FETCH_FAILED, "refused")
+    result = await reconcile(spec(), None, ctx(), peer, existing_api_token="stale")
+    assert reason(result, cond.REMOTE_API) == Reason.WAITING_PRIVATE
+    assert [r.url for r in peer.requests] == ["https://peer.example/metadata/public/public.json"]
+
+
 async def test_missing_gateways_are_fine_when_the_ingress_gateway_is_disabled() -> None:
     peer = ScriptedPeer.healthy(PEER_KEY)
     peer.answers["/metadata/private/multicluster.json"] = private_doc(ingressGateways=[])
