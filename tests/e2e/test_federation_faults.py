@@ -225,7 +225,8 @@ async def test_peer_exporter_down_keeps_everything_established(federation: Feder
             NOTICE,
         )
         assert public["reason"] == Reason.FETCH_FAILED
-        assert "127.0.0.1/metadata/public/public.json" in public["message"], "the message names the endpoint"
+        endpoint = f"127.0.0.1:{west.exporter_port}/metadata/public/public.json"
+        assert public["message"].startswith(f"GET {endpoint}: cannot connect"), public["message"]
 
         # East keeps checking west's API with istiod's token while the metadata is unavailable: wait for
         # two more of its checks to reach west's proxy, then read what east reports.
@@ -276,7 +277,9 @@ async def test_peer_proxy_down_is_reported_and_the_remote_secret_kept(federation
             NOTICE,
         )
         assert api["reason"] == Reason.FETCH_FAILED
-        assert "127.0.0.1/api" in api["message"]
+        assert api["message"].startswith(f"GET 127.0.0.1:{west.proxy_port}/api: cannot connect"), api[
+            "message"
+        ]
         conditions = east.conditions("west")
         assert conditions[READY] == ("False", Reason.FETCH_FAILED)
         assert conditions[PUBLIC] == conditions[PRIVATE] == ("True", Reason.FETCHED), "metadata still flows"
