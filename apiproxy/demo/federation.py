@@ -94,6 +94,7 @@ class Cluster:
     processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     exporter_port: int = 0
     proxy_port: int = 0
+    metrics_port: int = 0
     admin_kubeconfig: Path = field(init=False)
     _mount: asyncio.Task[None] | None = None
 
@@ -174,7 +175,7 @@ class Cluster:
         await self._start_exporter()
 
     async def _spawn(self, what: str, *args: str) -> None:
-        log = (self.workdir / f"{what}.log").open("wb")
+        log = (self.workdir / f"{what}.log").open("ab")  # a restarted part adds to its log
         self.processes[what] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "apiproxy", *args, stdout=log, stderr=log
         )
@@ -183,7 +184,8 @@ class Cluster:
     async def _start_proxy(self) -> None:
         """``apiproxy serve`` in front of the simulated apiserver, reading the mounted trust store."""
         assert self.box.simulator is not None
-        self.proxy_port = free_port()
+        self.proxy_port = self.proxy_port or free_port()  # a restarted proxy keeps its port
+        self.metrics_port = self.metrics_port or free_port()
         config = self.workdir / "proxy.yaml"
         config.write_text(
             yaml.safe_dump(
@@ -198,7 +200,7 @@ class Cluster:
                     "trust-file": str(self.box.trust_file),
                     "policy": str(self.box.policy),
                     "reload-interval": "100ms",
-                    "metrics-listen": "",
+                    "metrics-listen": f"127.0.0.1:{self.metrics_port}",
                     "audit-log": str(self.box.audit_file),
                     "shutdown-delay": "0s",
                     "log-level": "warning",
@@ -249,7 +251,7 @@ class Cluster:
         serving = write_serving_bundle(
             self.workdir / "exporter", "exporter", ca=self.box.proxy_ca, names=["127.0.0.1"]
         )
-        self.exporter_port = free_port()
+        self.exporter_port = self.exporter_port or free_port()
         config = self.workdir / "exporter.yaml"
         config.write_text(
             yaml.safe_dump(
@@ -280,6 +282,28 @@ class Cluster:
                 tmp.replace(self.box.trust_file)
                 last = data
             await asyncio.sleep(0.05)
+
+    async def stop_part(self, what: str, sig: int = signal.SIGTERM) -> None:
+        """Stop one part (``proxy``, ``exporter`` or ``controller``) and wait until it has exited."""
+        proc = self.processes[what]
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        del self.processes[what]
+
+    async def start_part(self, what: str) -> None:
+        """Start one part again as it was started first (same ports, same configuration)."""
+        starts = {
+            "proxy": self._start_proxy,
+            "exporter": self._start_exporter,
+            "controller": self._start_controller,
+        }
+        await starts[what]()
 
     def running(self) -> None:
         for what, proc in self.processes.items():

@@ -91,7 +91,7 @@ class HTTPFetcher:
         headers: Mapping[str, str] = {"Accept": "application/json"}
         if token is not None:
             headers = {**headers, "Authorization": f"Bearer {token}"}
-        where = f"{parts.hostname}{parts.path}"
+        where = f"{parts.hostname}{_port(parts.port)}{parts.path}"  # never the query or any userinfo
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._client().get(
@@ -123,10 +123,17 @@ class HTTPFetcher:
             ) from None
         except aiohttp.ClientSSLError as exc:
             raise FetchError(Reason.FETCH_FAILED, f"GET {where}: TLS: {_short(exc)}") from None
+        except aiohttp.ClientConnectorError as exc:
+            refused = exc.os_error.strerror or type(exc.os_error).__name__
+            raise FetchError(Reason.FETCH_FAILED, f"GET {where}: cannot connect: {refused}") from None
         except aiohttp.ClientError as exc:
             raise FetchError(
                 Reason.FETCH_FAILED, f"GET {where}: {type(exc).__name__}: {_short(exc)}"
             ) from None
+
+
+def _port(port: int | None) -> str:
+    return f":{port}" if port else ""
 
 
 def _short(exc: BaseException) -> str:

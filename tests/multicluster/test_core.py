@@ -501,6 +501,14 @@ async def test_without_istiods_token_a_failed_exchange_leaves_the_remote_api_wai
     assert not [r for r in peer.requests if r.url.endswith("/api")]
 
 
+async def test_metadata_down_before_establishment_leaves_the_api_waiting() -> None:
+    peer = ScriptedPeer.healthy(PEER_KEY)
+    peer.answers["/metadata/public/public.json"] = FetchError(Reason.FETCH_FAILED, "refused")
+    result = await reconcile(spec(), None, ctx(), peer, existing_api_token="stale")
+    assert reason(result, cond.REMOTE_API) == Reason.WAITING_PRIVATE
+    assert [r.url for r in peer.requests] == ["https://peer.example/metadata/public/public.json"]
+
+
 async def test_missing_gateways_are_fine_when_the_ingress_gateway_is_disabled() -> None:
     peer = ScriptedPeer.healthy(PEER_KEY)
     peer.answers["/metadata/private/multicluster.json"] = private_doc(ingressGateways=[])

@@ -112,9 +112,13 @@ async def test_bad_public_endpoints_set_a_reason(
 
 async def test_unreachable_endpoint(ours: Ours, start_controller: StartController) -> None:
     await start_controller()
-    ours.create("gone", {"metadataEndpoint": f"https://127.0.0.1:{free_port()}/metadata/"})
+    port = free_port()
+    ours.create("gone", {"metadataEndpoint": f"https://127.0.0.1:{port}/metadata/"})
     public = await condition_reason(ours, "gone", "PublicMetadataExchangeReady")
     assert public["reason"] == "FetchFailed"
+    # the message names the endpoint, port included, and is the same at every retry
+    assert public["message"].startswith(f"GET 127.0.0.1:{port}/metadata/public/public.json: cannot connect")
+    assert " object at 0x" not in public["message"]
 
 
 async def test_expected_uuid_mismatch(ours: Ours, peer: Peer, start_controller: StartController) -> None:
