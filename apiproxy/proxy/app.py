@@ -294,7 +294,13 @@ async def start(settings: Settings) -> Proxy:
             _revoke(handler, "trust store changed", lambda p: p.cluster_uuid in known)
 
         reloader.add(trust, trust_changed)
-        handler.readiness_checks.append(lambda: None if len(watched.current) else "trust store is empty")
+        # An empty trust store is a warning, not unreadiness: a fresh install has no peer until the first
+        # IstioMulticluster is Ready, and a proxy that refuses everyone (401) is serving correctly; a
+        # Deployment that never became Available would stall every rollout. The alert
+        # ApiproxyNoTrustedClusters says it instead.
+        handler.readiness_warnings.append(
+            lambda: None if len(watched.current) else "trust store is empty: every request is refused (401)"
+        )
         handler.readiness_warnings.append(lambda: watched.last_error)
 
     def serving_changed() -> None:

@@ -319,3 +319,27 @@ async def test_certificate_from_an_unknown_ca_never_gets_through(mtls_box: Sandb
             await resp.read()
     assert mtls_box.simulator is not None
     assert not [r for r in mtls_box.simulator.requests if r.raw_target.startswith("/api/v1/pods")]
+
+
+async def test_a_proxy_with_no_peer_yet_is_ready_and_refuses_everyone(tmp_path: Path) -> None:
+    """A fresh install trusts nobody until its first IstioMulticluster is Ready. That proxy serves
+    correctly (every token is a 401), so it is Ready, or the Deployment would never become Available and
+    every rollout would stall; ``?verbose`` and the ApiproxyNoTrustedClusters alert say it instead."""
+    box = Sandbox(tmp_path, cluster_names=())
+    await box.start()
+    try:
+        stranger = new_cluster("stranger", box.local_uuid)
+        status, body = await status_of(box, stranger.token)
+        assert status == 401 and "not a trusted" in body["message"], body
+        async with aiohttp.ClientSession() as plain:
+            async with plain.get(box.metrics_url + "/readyz?verbose") as resp:
+                text = await resp.text()
+            assert resp.status == 200, text
+            assert "[!] trust store is empty" in text and "readyz check passed" in text
+            async with plain.get(box.metrics_url + "/metrics") as resp:
+                metrics = await resp.text()
+        assert "apiproxy_trusted_clusters 0.0" in metrics, [
+            line for line in metrics.splitlines() if "trusted" in line
+        ]
+    finally:
+        await box.stop()
