@@ -47,7 +47,11 @@ class Settings:
     )
     trust_file: Path | None = opt(None, "remote clusters' public metadata (remote-public-metadata.json)")
     jwks_file: Path | None = opt(None, "JWKS of non-Deckhouse issuers; a key's kid is the cluster UUID")
-    trust_secret: str | None = opt(None, "watch NAMESPACE/NAME Secret for the trust store instead of a file")
+    trust_secret: str | None = opt(
+        None,
+        "watch NAMESPACE/NAME Secret for the trust store instead of a file "
+        "(in-cluster service account, or $KUBECONFIG when set; needs get/list/watch on that Secret)",
+    )
     cluster_name: list[tuple[str, str]] = opt(
         None, "friendly name of a remote cluster, UUID=NAME (repeatable)", type=mapping_arg, action="append"
     )
