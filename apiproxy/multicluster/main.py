@@ -102,8 +102,22 @@ async def run_controller(
         await fetcher.close()
 
 
+class QuietTicks(logging.Filter):
+    """Drop kopf's ``Timer 'resync' succeeded.`` line below DEBUG: the timer ticks every few seconds for
+    every resource and mostly finds nothing due, so at INFO it would bury the lines that matter (the
+    controller logs every condition transition and write itself)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        return not record.getMessage().startswith("Timer 'resync' succeeded")
+
+
 def run(settings: MulticlusterSettings) -> int:
     logs.configure(settings.log_level, settings.log_format)
+    logging.getLogger("kopf.objects").addFilter(QuietTicks())
+    # kopf's /healthz is probed by kubelet every few seconds; one access line per probe is noise.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if not settings.cluster_uuid:
         print("apiproxy multicluster: --cluster-uuid is required", file=sys.stderr)
         return 2

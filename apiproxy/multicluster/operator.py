@@ -48,7 +48,7 @@ def build_registry(controller: Controller, *, kubeconfig_login: Any = None) -> k
     registry = kopf.OperatorRegistry()
     settings = controller.settings
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True
         settings.scanning.disabled = True  # one known CRD: no need to watch every CRD in the cluster
@@ -64,7 +64,7 @@ def build_registry(controller: Controller, *, kubeconfig_login: Any = None) -> k
 
     if kubeconfig_login is not None:
 
-        @kopf.on.login(registry=registry)
+        @kopf.on.login(id="login", registry=registry)
         def login(**_: Any) -> kopf.ConnectionInfo:
             info: kopf.ConnectionInfo = kubeconfig_login()
             return info
@@ -81,17 +81,20 @@ def build_registry(controller: Controller, *, kubeconfig_login: Any = None) -> k
             raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}"[:300], delay=max(1.0, delay)) from None
         patch.status.update(status)
 
-    @kopf.on.create(*RESOURCE, backoff=settings.retry_base, registry=registry)
-    @kopf.on.resume(*RESOURCE, backoff=settings.retry_base, registry=registry)
+    @kopf.on.create(*RESOURCE, id="established", backoff=settings.retry_base, registry=registry)
+    @kopf.on.resume(*RESOURCE, id="established", backoff=settings.retry_base, registry=registry)
     async def established(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         await reconcile(body, patch, kwargs["peers"])
 
-    @kopf.on.update(*RESOURCE, field="spec", backoff=settings.retry_base, registry=registry)
+    @kopf.on.update(
+        *RESOURCE, id="spec_changed", field="spec", backoff=settings.retry_base, registry=registry
+    )
     async def spec_changed(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         await reconcile(body, patch, kwargs["peers"])
 
     @kopf.on.update(
         *RESOURCE,
+        id="identity_accepted",
         field=f"metadata.annotations.{model.ACCEPT_IDENTITY_ANNOTATION}",
         backoff=settings.retry_base,
         registry=registry,
@@ -100,13 +103,17 @@ def build_registry(controller: Controller, *, kubeconfig_login: Any = None) -> k
         await reconcile(body, patch, kwargs["peers"])
 
     @kopf.timer(
-        *RESOURCE, interval=tick_interval(settings.resync), backoff=settings.retry_base, registry=registry
+        *RESOURCE,
+        id="resync",
+        interval=tick_interval(settings.resync),
+        backoff=settings.retry_base,
+        registry=registry,
     )
     async def resync(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         if controller.schedule.is_due(body.metadata.name):
             await reconcile(body, patch, kwargs["peers"])
 
-    @kopf.on.delete(*RESOURCE, backoff=settings.retry_base, registry=registry)
+    @kopf.on.delete(*RESOURCE, id="removed", backoff=settings.retry_base, registry=registry)
     async def removed(name: str, **kwargs: Any) -> None:
         await controller.delete(name, _others(kwargs["peers"]))
 
