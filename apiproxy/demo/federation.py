@@ -54,6 +54,18 @@ STARTUP_WAIT = 120.0
 REVOCATION_BUDGET = 10.0
 
 
+async def stop_process(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> None:
+    """Signal a part and wait for it to exit; one that ignores the signal for 15 s is killed."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        await asyncio.wait_for(proc.wait(), 15)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
 class StepFailed(Exception):
     """A step of the tour did not behave as the story says."""
 
@@ -285,16 +297,7 @@ class Cluster:
 
     async def stop_part(self, what: str, sig: int = signal.SIGTERM) -> None:
         """Stop one part (``proxy``, ``exporter`` or ``controller``) and wait until it has exited."""
-        proc = self.processes[what]
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        del self.processes[what]
+        await stop_process(self.processes.pop(what), sig)
 
     async def start_part(self, what: str) -> None:
         """Start one part again as it was started first (same ports, same configuration)."""
@@ -316,16 +319,8 @@ class Cluster:
             self._mount.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._mount
-        for proc in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.processes.values():
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        await asyncio.gather(*(stop_process(proc) for proc in self.processes.values()))
+        self.processes.clear()
         await self.box.stop()
 
 
