@@ -29,7 +29,7 @@ from apiproxy.multicluster.backoff import resync_delay, retry_delay
 from apiproxy.multicluster.conditions import Condition, Reason
 from apiproxy.multicluster.fetch import Fetcher
 from apiproxy.multicluster.keypair import ensure_keypair, write_keyring
-from apiproxy.multicluster.kube import Objects, apply, configmap_body, secret_body, secret_data
+from apiproxy.multicluster.kube import Conflict, Objects, apply, configmap_body, secret_body, secret_data
 from apiproxy.multicluster.metrics import ControllerMetrics
 from apiproxy.multicluster.reconcile import Context, Result, rfc3339
 from apiproxy.multicluster.reconcile import reconcile as reconcile_peer
@@ -154,6 +154,28 @@ class Controller:
 
     async def startup(self) -> None:
         self.key = await ensure_keypair(self.objects, self.settings.namespace)
+        await self._ensure_trust_store()
+
+    async def _ensure_trust_store(self) -> None:
+        """Create the trust Secret, trusting nobody, when it does not exist yet. The proxy mounts it and
+        the exporter watches it, so on a fresh install both start (and the Deployments become Available)
+        before the first peer is established. An existing one is never touched here: after a restart it
+        holds peers the first reconciles have not re-read yet."""
+        ns = self.settings.namespace
+        if await self.objects.get("Secret", ns, model.TRUST_SECRET) is not None:
+            return
+        empty = secret_body(
+            model.TRUST_SECRET,
+            ns,
+            {model.TRUST_KEY: outputs.trust_store(())},
+            labels={model.MANAGED_BY_LABEL: model.MANAGED_BY},
+        )
+        try:
+            await self.objects.create("Secret", ns, empty)
+        except Conflict:
+            return  # written meanwhile (by a peer's first reconcile, or by an operator): theirs stands
+        self.metrics.writes.labels("trust").inc()
+        log.info("created the trust store Secret %s/%s, trusting no peer yet", ns, model.TRUST_SECRET)
 
     async def signing_key(self) -> PrivateKey:
         """The key to sign with now: the keypair Secret is re-read, so ``keys rotate`` takes effect and a

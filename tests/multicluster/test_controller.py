@@ -3,6 +3,7 @@ invalid specs, keypair generation, and the schedule (injected clock)."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
@@ -96,6 +97,29 @@ async def test_first_reconcile_writes_everything_once_and_a_resync_writes_nothin
         c["lastTransitionTime"] for c in status["conditions"]
     ]
     assert [kind for kind, _reason in c.events_seen] == ["Normal"] * 4  # type: ignore[attr-defined]
+
+
+async def test_startup_creates_an_empty_trust_store_and_never_overwrites_one(objects: MemoryObjects) -> None:
+    """A fresh install: the proxy mounts the trust Secret, so it must exist before the first peer."""
+    c = controller(objects, ScriptedPeer.healthy(ed25519.Ed25519PrivateKey.generate()))
+    await c.startup()
+    trust = await objects.get("Secret", "d8-istio", "d8-remote-clusters-public-metadata")
+    assert trust is not None
+    assert json.loads(base64.b64decode(trust["data"]["remote-public-metadata.json"])) == {}
+    assert trust["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "apiproxy-multicluster"
+
+    # A restart finds the peers' trust store and leaves it to the reconciles (it is not emptied).
+    status = await c.reconcile(resource(), {})
+    assert status["conditions"]
+    held = await objects.get("Secret", "d8-istio", "d8-remote-clusters-public-metadata")
+    assert (
+        held is not None
+        and PEER_UUID in base64.b64decode(held["data"]["remote-public-metadata.json"]).decode()
+    )
+    writes = len(objects.writes)
+    restarted = controller(objects, ScriptedPeer.healthy(ed25519.Ed25519PrivateKey.generate()))
+    await restarted.startup()
+    assert len(objects.writes) == writes, objects.writes[writes:]
 
 
 async def test_a_failing_write_keeps_the_old_status_and_backs_off(objects: MemoryObjects) -> None:

@@ -205,13 +205,6 @@ class Member:
                     "metadata": {"name": "metadata-exporter-ingressgateway-advertise", "namespace": NS},
                     "data": {"ingressgateways-array.json": json.dumps([self.gateway])},
                 },
-                # As Deckhouse installs it: the trust store exists from the start, naming no peer yet.
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": TRUST_SECRET, "namespace": NS},
-                    "stringData": {TRUST_KEY: "{}"},
-                },
             ]
         )
         proxy_token = cluster.install_proxy_identity(SHIPPED_POLICY, namespace=PROXY_NS, name=PROXY_SA)
@@ -321,12 +314,14 @@ class Member:
             return False
 
     def wait_proxy(self, timeout: float = 90) -> None:
-        """Listening, which it does once it has read its trust Secret, and denying by default: a request
-        without a token is a 401. (``/readyz`` is 503 while the trust store names no peer.)"""
+        """Listening, which it does once it has read its trust Secret (which nobody installed: the
+        controller, started at the same time, creates it empty), Ready although it trusts no peer yet, and
+        denying by default: a request without a token is a 401."""
 
         def up() -> bool:
             self.check_alive()
-            return self._answers(self.proxy_url + "/api", 401)
+            ready = self._answers(self.proxy_url + "/readyz", 200)
+            return ready and self._answers(self.proxy_url + "/api", 401)
 
         self._wait(up, "the proxy answering", self.proxy, timeout)
 
