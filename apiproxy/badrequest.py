@@ -1,5 +1,6 @@
-"""Requests refused before they are understood: what aiohttp's HTTP parser rejects, and what the proxy
-rejects before it looks at the target (an unknown method, an HTTP version other than 1.0 or 1.1).
+"""Requests refused before they are understood: what aiohttp's HTTP parser rejects, and what the HTTP
+edge of every port (:mod:`apiproxy.httpedge`) rejects before any handler looks at the target (an unknown
+method, an HTTP version other than 1.0 or 1.1).
 
 aiohttp's parser exceptions quote the offending request bytes (a header line with its bearer token, the
 start of a too-long line), so their text must never reach a client or a log line. This module turns the

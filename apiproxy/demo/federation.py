@@ -233,6 +233,33 @@ class Cluster:
         except aiohttp.ClientError:
             return False
 
+    async def public_metadata(self) -> dict[str, Any] | None:
+        """``public.json`` as this cluster's exporter serves it now; None while it does not."""
+        self.running()
+        try:
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.box.client_ssl())) as s,
+                s.get(self.endpoint + "public/public.json") as resp,
+            ):
+                if resp.status != 200:
+                    return None
+                doc: dict[str, Any] = await resp.json(content_type=None)
+                return doc
+        except aiohttp.ClientError:
+            return None
+
+    async def wait_up(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Wait until the three parts are up: the proxy denies by default, the controller has its keypair
+        Secret, the exporter serves ``public.json``. Returns that Secret and that document."""
+        await wait_for(self.proxy_refuses_anonymous, f"{self.name}'s proxy to answer", STARTUP_WAIT)
+        secret = await wait_for(
+            partial(self.secret, model.KEYPAIR_SECRET), f"{self.name}'s keypair Secret", STARTUP_WAIT
+        )
+        doc = await wait_for(
+            self.public_metadata, f"{self.name}'s exporter to serve public.json", STARTUP_WAIT
+        )
+        return secret, doc
+
     @property
     def proxy_url(self) -> str:
         return f"https://127.0.0.1:{self.proxy_port}"
@@ -797,29 +824,9 @@ async def federation_tour(workdir: Path, once: bool) -> int:
 async def _keys_published(east: Cluster, west: Cluster) -> str:
     lines = []
     for c in (east, west):
-        await wait_for(c.proxy_refuses_anonymous, f"{c.name}'s proxy to answer", STARTUP_WAIT)
-        lines.append(f"[{c.name}] GET {c.proxy_url}/api without a token → 401 (deny by default)")
-        secret = await wait_for(
-            partial(c.secret, model.KEYPAIR_SECRET), f"{c.name}'s keypair Secret", STARTUP_WAIT
-        )
+        secret, doc = await c.wait_up()
         pub = (decoded(secret, "pub.pem") or b"").decode()
-
-        async def public(c: Cluster = c) -> dict[str, Any] | None:
-            ssl_ctx = c.box.client_ssl()
-            c.running()
-            try:
-                async with (
-                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx)) as s,
-                    s.get(c.endpoint + "public/public.json") as resp,
-                ):
-                    if resp.status != 200:
-                        return None
-                    doc: dict[str, Any] = await resp.json(content_type=None)
-                    return doc
-            except aiohttp.ClientError:
-                return None
-
-        doc = await wait_for(public, f"{c.name}'s exporter to serve public.json", STARTUP_WAIT)
+        lines.append(f"[{c.name}] GET {c.proxy_url}/api without a token → 401 (deny by default)")
         if fingerprint(doc["authnKeyPub"]) != fingerprint(pub) or doc["clusterUUID"] != c.uuid:
             raise StepFailed(f"{c.name}'s exporter publishes another key or UUID")
         lines.append(f"[{c.name}] Secret {NAMESPACE}/{model.KEYPAIR_SECRET}: key {fingerprint(pub)[:23]}…")

@@ -27,7 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiproxy.auth.keys import load_private_key
-from apiproxy.demo.federation import KUBECTL, NAMESPACE, STARTUP_WAIT, Cluster, Tour, decoded, wait_for
+from apiproxy.demo.federation import KUBECTL, NAMESPACE, Cluster, Tour, decoded, wait_for
 from apiproxy.multicluster import model, tokens
 from apiproxy.multicluster.conditions import PRIVATE, PUBLIC, READY, REMOTE_API, Reason
 from apiproxy.multicluster.identity import fingerprint
@@ -142,25 +142,6 @@ async def authentication_failures(here: Cluster) -> dict[str, float]:
     }
 
 
-async def up(c: Cluster) -> None:
-    """The three parts are up: the proxy denies by default, the keypair exists, public.json is served."""
-
-    async def publishes() -> bool:
-        c.running()
-        try:
-            async with (
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=c.box.client_ssl())) as s,
-                s.get(c.endpoint + "public/public.json") as resp,
-            ):
-                return resp.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await wait_for(c.proxy_refuses_anonymous, f"{c.name}'s proxy", STARTUP_WAIT)
-    await wait_for(partial(c.secret, model.KEYPAIR_SECRET), f"{c.name}'s keypair", STARTUP_WAIT)
-    await wait_for(publishes, f"{c.name}'s exporter", STARTUP_WAIT)
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def federation(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
@@ -175,7 +156,7 @@ async def federation(
         for outcome in await asyncio.gather(*(c.start() for c in clusters), return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
-        await asyncio.gather(*(up(c) for c in clusters))
+        await asyncio.gather(*(c.wait_up() for c in clusters))
         report(request, f"\nthree clusters up (9 processes) in {time.monotonic() - started:.1f}s")
         tour = Tour(east, west, workdir)
         await tour.create_both()
